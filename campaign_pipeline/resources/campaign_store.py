@@ -1,0 +1,423 @@
+"""The database of campaigns and their audiences, spoken to in the pipeline's own verbs."""
+
+import os
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import polars as pl
+import sqlalchemy as sa
+from pydantic import Field, PrivateAttr
+
+from campaign_pipeline.payloads import CampaignMessage, parse_template_parameters, recipients_frame
+from campaign_pipeline.schema import campaign_audience, campaigns, metadata
+
+DATABASE_URL_VARIABLE = "CAMPAIGN_DATABASE_URL"
+# Rows per UPDATE statement when recording outcomes: 4 parameters each, far below PostgreSQL's
+# 65,535 bind parameters.
+ROWS_PER_STATEMENT = 5_000
+
+
+class CampaignStoreError(Exception):
+    """A campaign cannot be processed for a reason a person can act on."""
+
+
+class CampaignNotFound(CampaignStoreError):
+    """No campaign has that id."""
+
+
+class CampaignNotProcessable(CampaignStoreError):
+    """The campaign's status does not allow processing."""
+
+
+class CampaignBusy(CampaignStoreError):
+    """Another run holds the campaign's lease."""
+
+
+@dataclass(frozen=True)
+class CampaignToProcess:
+    """A campaign waiting in `asset_generated`, as the sensor sees it."""
+
+    id: str
+    organization_id: str
+    version: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A campaign this run may send for, and whether it resumes an earlier run's work."""
+
+    message: CampaignMessage
+    name: str
+    resumed: bool
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The final state of one recipient: `ready_to_send` with a message id, or `failed`."""
+
+    id: str
+    status: str
+    sqs_message_id: str | None = None
+    failure_reason: str | None = None
+
+
+def default_database_url() -> str:
+    """`CAMPAIGN_DATABASE_URL`, else a SQLite file in `$DAGSTER_HOME` or the working directory."""
+    if url := os.environ.get(DATABASE_URL_VARIABLE):
+        return url
+    directory = Path(os.environ.get("DAGSTER_HOME") or Path.cwd())
+    return f"sqlite:///{directory / 'campaigns.db'}"
+
+
+def normalise_database_url(url: str) -> str:
+    """Make a plain `postgresql://` URL use psycopg 3, whatever SQLAlchemy's default driver."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
+
+
+def make_engine(url: str) -> sa.Engine:
+    """An engine for `url`; SQLite gets WAL and a busy timeout so concurrent runs wait, not fail."""
+    url = normalise_database_url(url)
+    if not url.startswith("sqlite"):
+        return sa.create_engine(url, pool_pre_ping=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    return engine
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _message(row: Mapping[str, Any]) -> CampaignMessage:
+    return CampaignMessage(
+        campaign_id=row["id"],
+        organization_id=row["organization_id"],
+        message_type=row["message_type"],
+        template_name=row["template_name"],
+        template_language=row["template_language"],
+        template_parameters=parse_template_parameters(row["template_parameters"]),
+        message_content=row["message_content"],
+        media_url=row["media_url"],
+        caption=row["caption"],
+    )
+
+
+class CampaignStore(dg.ConfigurableResource):
+    """Campaigns and their audiences in SQLite or PostgreSQL (SQLAlchemy Core, psycopg 3)."""
+
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy URL of the campaign database. Unset: CAMPAIGN_DATABASE_URL, "
+        "else a SQLite file campaigns.db in $DAGSTER_HOME or the working directory.",
+    )
+
+    _engine: sa.Engine | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Open the connection pool once per run."""
+        self._engine = make_engine(self.database_url or default_database_url())
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        """Close the connection pool."""
+        if self._engine is not None:
+            self._engine.dispose()
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The engine (made on first use outside a Dagster run)."""
+        if self._engine is None:
+            self._engine = make_engine(self.database_url or default_database_url())
+        return self._engine
+
+    def create_schema(self) -> None:
+        """Create the tables and indexes that do not exist yet."""
+        metadata.create_all(self.engine)
+
+    def add_campaign(self, **fields: Any) -> str:
+        """Insert a campaign (for seeding and tests); returns its id."""
+        fields.setdefault("id", str(uuid.uuid4()))
+        with self.engine.begin() as connection:
+            connection.execute(campaigns.insert().values(**fields))
+        return fields["id"]
+
+    def add_recipients(self, campaign_id: str, recipients: Iterable[Mapping[str, Any]]) -> int:
+        """Insert recipients of a campaign in bulk (for seeding and tests); returns how many."""
+        rows = [
+            {"id": str(uuid.uuid4()), "name": None, "attributes": None, **recipient}
+            | {"campaign_id": campaign_id}
+            for recipient in recipients
+        ]
+        with self.engine.begin() as connection:
+            for start in range(0, len(rows), ROWS_PER_STATEMENT):
+                connection.execute(
+                    campaign_audience.insert(), rows[start : start + ROWS_PER_STATEMENT]
+                )
+        return len(rows)
+
+    def get_campaign(self, campaign_id: str) -> dict[str, Any] | None:
+        """The campaign's row, or None."""
+        with self.engine.connect() as connection:
+            row = (
+                connection.execute(sa.select(campaigns).where(campaigns.c.id == campaign_id))
+                .mappings()
+                .first()
+            )
+        return dict(row) if row else None
+
+    def campaigns_to_process(self, limit: int) -> list[CampaignToProcess]:
+        """Up to `limit` campaigns in `asset_generated`, the longest waiting first."""
+        query = (
+            sa.select(campaigns.c.id, campaigns.c.organization_id, campaigns.c.version)
+            .where(campaigns.c.status == "asset_generated")
+            .order_by(campaigns.c.updated_at, campaigns.c.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as connection:
+            return [CampaignToProcess(*row) for row in connection.execute(query)]
+
+    def claim(self, campaign_id: str, run_id: str, lease_seconds: float) -> Claim:
+        """Take the campaign for `run_id`: `asset_generated` becomes `ready_to_launch`.
+
+        A campaign already `ready_to_launch` is resumed, unless another run's lease is live.
+        Raises `CampaignNotFound`, `CampaignNotProcessable` or `CampaignBusy`.
+        """
+        now = _now()
+        lease = {
+            "lease_run_id": run_id,
+            "lease_expires_at": now + timedelta(seconds=lease_seconds),
+            "last_run_id": run_id,
+        }
+        by_id = campaigns.c.id == campaign_id
+        with self.engine.begin() as connection:
+            claimed = connection.execute(
+                campaigns.update()
+                .where(by_id, campaigns.c.status == "asset_generated")
+                .values(
+                    status="ready_to_launch",
+                    version=campaigns.c.version + 1,
+                    updated_at=now,
+                    **lease,
+                )
+            ).rowcount
+            resumed = False
+            if not claimed:
+                resumed = bool(
+                    connection.execute(
+                        campaigns.update()
+                        .where(
+                            by_id,
+                            campaigns.c.status == "ready_to_launch",
+                            sa.or_(
+                                campaigns.c.lease_run_id.is_(None),
+                                campaigns.c.lease_run_id == run_id,
+                                campaigns.c.lease_expires_at < now,
+                            ),
+                        )
+                        .values(**lease)
+                    ).rowcount
+                )
+            row = connection.execute(sa.select(campaigns).where(by_id)).mappings().first()
+        if row is None:
+            raise CampaignNotFound(f"campaign {campaign_id} does not exist")
+        if not (claimed or resumed):
+            if row["status"] == "ready_to_launch":
+                raise CampaignBusy(
+                    f"campaign {campaign_id} is being processed by run {row['lease_run_id']} "
+                    f"(its lease runs until {row['lease_expires_at']:%Y-%m-%d %H:%M:%S} UTC)"
+                )
+            raise CampaignNotProcessable(
+                f"campaign {campaign_id} is {row['status']!r}; only 'asset_generated' "
+                "campaigns (or 'ready_to_launch' ones being resumed) can be processed"
+            )
+        return Claim(message=_message(row), name=row["name"], resumed=resumed)
+
+    def fail_campaign(self, campaign_id: str, reason: str) -> None:
+        """Mark the campaign `failed` with `reason`; its recipients are left as they are."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                campaigns.update()
+                .where(campaigns.c.id == campaign_id)
+                .values(
+                    status="failed",
+                    last_error=reason,
+                    version=campaigns.c.version + 1,
+                    updated_at=_now(),
+                    lease_run_id=None,
+                    lease_expires_at=None,
+                )
+            )
+
+    def iter_pending_recipients(self, campaign_id: str, chunk_size: int) -> Iterator[pl.DataFrame]:
+        """Yield the campaign's `pending` recipients in chunks of at most `chunk_size`, by id.
+
+        Each chunk is its own short query (keyset pagination), so no transaction stays open
+        while messages are sent, and memory holds one chunk at a time.
+        """
+        query = (
+            sa.select(
+                campaign_audience.c.id,
+                campaign_audience.c.phone_number,
+                campaign_audience.c.name,
+                sa.cast(campaign_audience.c.attributes, sa.Text),
+            )
+            .where(
+                campaign_audience.c.campaign_id == campaign_id,
+                campaign_audience.c.status == "pending",
+                campaign_audience.c.id > sa.bindparam("after"),
+            )
+            .order_by(campaign_audience.c.id)
+            .limit(chunk_size)
+        )
+        after = ""
+        while True:
+            with self.engine.connect() as connection:
+                rows = connection.execute(query, {"after": after}).all()
+            if not rows:
+                return
+            yield recipients_frame(rows)
+            if len(rows) < chunk_size:
+                return
+            after = rows[-1][0]
+
+    def record_outcomes(
+        self,
+        campaign_id: str,
+        run_id: str,
+        outcomes: Sequence[Outcome],
+        lease_seconds: float,
+    ) -> bool:
+        """Write outcomes of still-`pending` recipients in bulk and extend the run's lease.
+
+        A recorded outcome is never overwritten. Returns False when the run no longer holds the
+        lease (another run took over after it expired): the caller must stop sending.
+        """
+        now = _now()
+        with self.engine.begin() as connection:
+            for start in range(0, len(outcomes), ROWS_PER_STATEMENT):
+                self._update_audience(connection, outcomes[start : start + ROWS_PER_STATEMENT], now)
+            return self._extend_lease(
+                connection, campaign_id, run_id, now + timedelta(seconds=lease_seconds)
+            )
+
+    def _update_audience(
+        self, connection: sa.Connection, outcomes: Sequence[Outcome], now: datetime
+    ) -> None:
+        if not outcomes:
+            return
+        if connection.dialect.name == "postgresql":
+            # One UPDATE ... FROM (VALUES ...) per slice: set-based, one round trip.
+            values = sa.values(
+                sa.column("id", sa.String),
+                sa.column("status", sa.String),
+                sa.column("sqs_message_id", sa.String),
+                sa.column("failure_reason", sa.Text),
+                name="outcome",
+            ).data([(o.id, o.status, o.sqs_message_id, o.failure_reason) for o in outcomes])
+            connection.execute(
+                campaign_audience.update()
+                .where(
+                    campaign_audience.c.id == values.c.id,
+                    campaign_audience.c.status == "pending",
+                )
+                .values(
+                    status=values.c.status,
+                    sqs_message_id=values.c.sqs_message_id,
+                    failure_reason=values.c.failure_reason,
+                    updated_at=now,
+                )
+            )
+            return
+        # SQLite has no column aliases on VALUES; an in-process executemany is its fast path.
+        connection.execute(
+            campaign_audience.update()
+            .where(
+                campaign_audience.c.id == sa.bindparam("outcome_id"),
+                campaign_audience.c.status == "pending",
+            )
+            .values(
+                status=sa.bindparam("outcome_status"),
+                sqs_message_id=sa.bindparam("outcome_message_id"),
+                failure_reason=sa.bindparam("outcome_reason"),
+                updated_at=now,
+            ),
+            [
+                {
+                    "outcome_id": o.id,
+                    "outcome_status": o.status,
+                    "outcome_message_id": o.sqs_message_id,
+                    "outcome_reason": o.failure_reason,
+                }
+                for o in outcomes
+            ],
+        )
+
+    def _extend_lease(
+        self,
+        connection: sa.Connection,
+        campaign_id: str,
+        run_id: str,
+        lease_until: datetime,
+    ) -> bool:
+        return bool(
+            connection.execute(
+                campaigns.update()
+                .where(campaigns.c.id == campaign_id, campaigns.c.lease_run_id == run_id)
+                .values(lease_expires_at=lease_until)
+            ).rowcount
+        )
+
+    def release(self, campaign_id: str, run_id: str) -> None:
+        """Give up the run's lease, so a rerun need not wait for it to expire."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                campaigns.update()
+                .where(campaigns.c.id == campaign_id, campaigns.c.lease_run_id == run_id)
+                .values(lease_run_id=None, lease_expires_at=None)
+            )
+
+    def count_recipients(self, campaign_id: str) -> dict[str, int]:
+        """How many of the campaign's recipients are in each status."""
+        query = (
+            sa.select(campaign_audience.c.status, sa.func.count())
+            .where(campaign_audience.c.campaign_id == campaign_id)
+            .group_by(campaign_audience.c.status)
+        )
+        with self.engine.connect() as connection:
+            counts = dict(connection.execute(query).all())
+        return {status: counts.get(status, 0) for status in ("pending", "ready_to_send", "failed")}
+
+    def finish(self, campaign_id: str, run_id: str) -> dict[str, int]:
+        """Store the campaign's final counts, release the lease; returns the counts."""
+        counts = self.count_recipients(campaign_id)
+        values: dict[str, Any] = {
+            "queued_count": counts["ready_to_send"],
+            "failed_count": counts["failed"],
+            "pending_count": counts["pending"],
+            "processed_at": _now(),
+            "lease_run_id": None,
+            "lease_expires_at": None,
+        }
+        if not counts["pending"]:
+            values["last_error"] = None
+        with self.engine.begin() as connection:
+            connection.execute(
+                campaigns.update()
+                .where(campaigns.c.id == campaign_id, campaigns.c.lease_run_id == run_id)
+                .values(**values)
+            )
+        return counts

@@ -1,0 +1,237 @@
+"""The SQS queue the WhatsApp sender consumes, spoken to in batches through boto3."""
+
+import os
+import random
+import re
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+import dagster as dg
+from botocore.config import Config as BotocoreConfig
+from pydantic import Field, PrivateAttr
+
+# Per-entry failures SQS reports as sender faults although a later attempt can succeed.
+THROTTLING_CODES = frozenset(
+    {
+        "RequestThrottled",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "TooManyRequestsException",
+        "KMS.ThrottlingException",
+    }
+)
+
+GROUP_ID_VARIABLE = "SQS_MESSAGE_GROUP_ID"
+_PHONE_LIKE = re.compile(r"\+?\d[\d ().-]{5,}\d")
+
+
+def mask_phone_numbers(text: str) -> str:
+    """Replace anything that looks like a phone number with its last two digits, for logs."""
+    return _PHONE_LIKE.sub(lambda match: "***" + re.sub(r"\D", "", match.group())[-2:], text)
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """One message to queue: the audience id (the batch entry id) and its JSON body."""
+
+    id: str
+    body: str
+
+
+@dataclass(frozen=True)
+class EntryOutcome:
+    """What SQS did with one entry: a message id when accepted, else its error."""
+
+    id: str
+    message_id: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        """Whether SQS accepted the message."""
+        return self.message_id is not None
+
+
+@dataclass
+class BatchResult:
+    """The outcome of one batch after its retries.
+
+    `outcomes` may cover fewer entries than were sent when `error` is set: the ones without an
+    outcome were never confirmed and must stay pending.
+    """
+
+    outcomes: list[EntryOutcome] = field(default_factory=list)
+    retried_entries: int = 0
+    error: Exception | None = None
+
+
+def is_retryable(failure: dict[str, Any]) -> bool:
+    """Whether a `Failed` entry of SendMessageBatch is worth sending again."""
+    return not failure.get("SenderFault", False) or failure.get("Code") in THROTTLING_CODES
+
+
+def backoff_seconds(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter (AWS's recommendation), for retry `attempt` >= 0."""
+    return random.uniform(0, min(cap, base * 2**attempt))
+
+
+class SqsQueue(dg.ConfigurableResource):
+    """An SQS queue (standard or FIFO) that campaign messages are queued on."""
+
+    queue_url: str = Field(description="URL of the queue (AWS_SQS_QUEUE_URL).")
+    region_name: str = Field(description="AWS region of the queue (AWS_REGION).")
+    endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint override for a local SQS server; boto3's AWS_ENDPOINT_URL_SQS "
+        "works too. Credentials always come from boto3's default chain.",
+    )
+    message_group_id: str | None = Field(
+        default=None,
+        description="MessageGroupId on a FIFO queue. Unset: SQS_MESSAGE_GROUP_ID, "
+        "else each campaign is its own group.",
+    )
+    max_concurrent_batches: int = Field(
+        default=8, ge=1, description="SendMessageBatch calls in flight at once."
+    )
+    max_attempts: int = Field(
+        default=5, ge=1, description="botocore 'standard' retry attempts per API call."
+    )
+    max_entry_retries: int = Field(
+        default=5, ge=0, description="Resends of entries SQS reports as failed but retryable."
+    )
+    retry_base_seconds: float = Field(default=0.2, description="First backoff for entry retries.")
+    retry_cap_seconds: float = Field(default=10.0, description="Longest backoff for entry retries.")
+    connect_timeout_seconds: float = Field(default=5.0, description="TCP connect timeout.")
+    read_timeout_seconds: float = Field(default=20.0, description="Response read timeout.")
+
+    _client: Any = PrivateAttr(default=None)
+    _max_message_bytes: int | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Make the boto3 client once per run; boto3 clients are thread-safe."""
+        self._client = self._make_client()
+
+    def _make_client(self) -> Any:
+        return boto3.session.Session().client(
+            "sqs",
+            region_name=self.region_name,
+            endpoint_url=self.endpoint_url or None,
+            config=BotocoreConfig(
+                retries={"mode": "standard", "max_attempts": self.max_attempts},
+                connect_timeout=self.connect_timeout_seconds,
+                read_timeout=self.read_timeout_seconds,
+                max_pool_connections=max(10, self.max_concurrent_batches),
+            ),
+        )
+
+    @property
+    def client(self) -> Any:
+        """The boto3 SQS client (made on first use outside a Dagster run)."""
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
+
+    @property
+    def is_fifo(self) -> bool:
+        """FIFO queues are named `*.fifo`."""
+        return self.queue_url.endswith(".fifo")
+
+    def attributes(self) -> dict[str, str]:
+        """All of the queue's attributes (GetQueueAttributes)."""
+        response = self.client.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["All"])
+        return response.get("Attributes", {})
+
+    def max_message_bytes(self) -> int:
+        """The queue's `MaximumMessageSize`, which also bounds a whole batch."""
+        if self._max_message_bytes is None:
+            self._max_message_bytes = int(self.attributes()["MaximumMessageSize"])
+        return self._max_message_bytes
+
+    def _entries(self, campaign_id: str, messages: Sequence[OutboundMessage]) -> list[dict]:
+        if not self.is_fifo:
+            return [{"Id": m.id, "MessageBody": m.body} for m in messages]
+        group_id = self.message_group_id or os.environ.get(GROUP_ID_VARIABLE) or campaign_id
+        # A resend of the same recipient within SQS's 5-minute window is dropped by SQS.
+        return [
+            {
+                "Id": m.id,
+                "MessageBody": m.body,
+                "MessageGroupId": group_id,
+                "MessageDeduplicationId": f"{campaign_id}:{m.id}",
+            }
+            for m in messages
+        ]
+
+    def send_batch(self, campaign_id: str, messages: Sequence[OutboundMessage]) -> BatchResult:
+        """Send up to ten messages, retrying only the entries SQS failed for a passing reason.
+
+        Accepted entries are never sent again. An API error that outlasts botocore's retries
+        ends the batch with `error` set, keeping the outcomes already known.
+        """
+        entries = {entry["Id"]: entry for entry in self._entries(campaign_id, messages)}
+        result = BatchResult()
+        to_send = list(entries.values())
+        for attempt in range(self.max_entry_retries + 1):
+            try:
+                response = self.client.send_message_batch(QueueUrl=self.queue_url, Entries=to_send)
+            except Exception as error:  # the caller decides; unconfirmed entries stay pending
+                result.error = error
+                return result
+            result.outcomes += [
+                EntryOutcome(id=item["Id"], message_id=item["MessageId"])
+                for item in response.get("Successful", [])
+            ]
+            retry: list[dict] = []
+            for failure in response.get("Failed", []):
+                if is_retryable(failure) and attempt < self.max_entry_retries:
+                    retry.append(entries[failure["Id"]])
+                else:
+                    result.outcomes.append(
+                        EntryOutcome(
+                            id=failure["Id"],
+                            error_code=failure.get("Code", "Unknown"),
+                            error_message=mask_phone_numbers(failure.get("Message", "")),
+                        )
+                    )
+            if not retry:
+                break
+            result.retried_entries += len(retry)
+            time.sleep(backoff_seconds(attempt, self.retry_base_seconds, self.retry_cap_seconds))
+            to_send = retry
+        return result
+
+    def send_batches(
+        self, campaign_id: str, batches: Iterable[Sequence[OutboundMessage]]
+    ) -> Iterator[BatchResult]:
+        """Send batches with up to `max_concurrent_batches` in flight; yield results as they end.
+
+        Stops taking new batches after the first result with an error, and yields the batches
+        still in flight before returning, so no confirmed outcome is lost.
+        """
+        batch_iter = iter(batches)
+        with ThreadPoolExecutor(
+            max_workers=self.max_concurrent_batches, thread_name_prefix="sqs-send"
+        ) as pool:
+            in_flight: deque[Future[BatchResult]] = deque()
+            failed = False
+            while True:
+                while not failed and len(in_flight) < self.max_concurrent_batches:
+                    batch = next(batch_iter, None)
+                    if batch is None:
+                        break
+                    in_flight.append(pool.submit(self.send_batch, campaign_id, batch))
+                if not in_flight:
+                    return
+                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    in_flight.remove(future)
+                    result = future.result()
+                    failed = failed or result.error is not None
+                    yield result

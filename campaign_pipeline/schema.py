@@ -1,0 +1,61 @@
+"""Tables of the campaign store (SQLAlchemy Core), shared by SQLite and PostgreSQL."""
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+CAMPAIGN_STATUSES = ("draft", "asset_generated", "ready_to_launch", "failed")
+AUDIENCE_STATUSES = ("pending", "ready_to_send", "failed")
+
+campaigns = sa.Table(
+    "campaigns",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("organization_id", sa.String(36), nullable=False),
+    sa.Column("name", sa.Text, nullable=False, server_default=""),
+    sa.Column("status", sa.String(32), nullable=False, server_default="draft"),
+    sa.Column("message_type", sa.String(16), nullable=False),
+    sa.Column("template_name", sa.Text),
+    sa.Column("template_language", sa.Text),
+    sa.Column("template_parameters", sa.JSON(none_as_null=True)),
+    sa.Column("message_content", sa.Text),
+    sa.Column("media_url", sa.Text),
+    sa.Column("caption", sa.Text),
+    sa.Column(
+        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    # Bumped by every status change this pipeline makes: the sensor's run key includes it, so a
+    # campaign reset to asset_generated after processing gets a new run.
+    sa.Column("version", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("queued_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("failed_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("pending_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text),
+    sa.Column("last_run_id", sa.String(64)),
+    sa.Column("processed_at", sa.DateTime(timezone=True)),
+    # The run that may send for this campaign, until when: two runs never send at once.
+    sa.Column("lease_run_id", sa.String(64)),
+    sa.Column("lease_expires_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_campaigns_status_updated_at", "status", "updated_at"),
+)
+
+campaign_audience = sa.Table(
+    "campaign_audience",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("campaign_id", sa.String(36), sa.ForeignKey("campaigns.id"), nullable=False),
+    sa.Column("phone_number", sa.Text),
+    sa.Column("name", sa.Text),
+    sa.Column("attributes", sa.JSON(none_as_null=True)),
+    sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("failure_reason", sa.Text),
+    sa.Column("sqs_message_id", sa.String(100)),
+    sa.Column(
+        "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    # (campaign_id, status) for counts and pending scans; id last for keyset pagination.
+    sa.Index("ix_campaign_audience_campaign_status_id", "campaign_id", "status", "id"),
+)

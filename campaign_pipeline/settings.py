@@ -1,0 +1,30 @@
+"""Settings read from the spec's environment variables, with their documented defaults."""
+
+import os
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value the pipeline cannot use."""
+
+
+def _positive_int(variable: str, default: int) -> int:
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{variable} must be a whole number, not {raw!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{variable} must be positive, not {value}")
+    return value
+
+
+def campaign_batch_size() -> int:
+    """CAMPAIGN_BATCH_SIZE: campaigns the sensor starts per tick (default 10)."""
+    return _positive_int("CAMPAIGN_BATCH_SIZE", 10)
+
+
+def campaign_processing_interval_seconds() -> int:
+    """CAMPAIGN_PROCESSING_INTERVAL (ms, default 30000) as the sensor's interval in seconds."""
+    return max(1, round(_positive_int("CAMPAIGN_PROCESSING_INTERVAL", 30_000) / 1000))
