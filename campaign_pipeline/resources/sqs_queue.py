@@ -101,7 +101,7 @@ class SqsQueue(dg.ConfigurableResource):
         default=8, ge=1, description="SendMessageBatch calls in flight at once."
     )
     max_attempts: int = Field(
-        default=5, ge=1, description="botocore 'standard' retry attempts per API call."
+        default=5, ge=1, description="Attempts per API call, first included (botocore standard retries)."
     )
     max_entry_retries: int = Field(
         default=5, ge=0, description="Resends of entries SQS reports as failed but retryable."
@@ -124,7 +124,7 @@ class SqsQueue(dg.ConfigurableResource):
             region_name=self.region_name,
             endpoint_url=self.endpoint_url or None,
             config=BotocoreConfig(
-                retries={"mode": "standard", "max_attempts": self.max_attempts},
+                retries={"mode": "standard", "total_max_attempts": self.max_attempts},
                 connect_timeout=self.connect_timeout_seconds,
                 read_timeout=self.read_timeout_seconds,
                 max_pool_connections=max(10, self.max_concurrent_batches),

@@ -1,0 +1,187 @@
+"""Shared fixtures: fake AWS credentials, moto's SQS server over HTTP, and campaign stores.
+
+moto runs as its own process (`moto_server`) on a free loopback port, so boto3 talks to it over
+real HTTP. PostgreSQL tests use a throwaway database on the local server (127.0.0.1:5432, or
+`TEST_POSTGRES_URL`); they are skipped, loudly, only when no server answers and `CI` is unset.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import boto3
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from campaign_pipeline.resources.campaign_store import CampaignStore
+from campaign_pipeline.resources.sqs_queue import SqsQueue
+from campaign_pipeline.schema import metadata
+
+REGION = "us-east-1"
+POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@pytest.fixture(autouse=True)
+def aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake credentials and no ambient AWS config, so nothing can reach real AWS."""
+    for variable in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.delenv("SQS_MESSAGE_GROUP_ID", raising=False)
+    monkeypatch.delenv("CAMPAIGN_DATABASE_URL", raising=False)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a moto SQS server running in its own process."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture
+def sqs_client(moto_endpoint: str) -> object:
+    return boto3.client(
+        "sqs",
+        region_name=REGION,
+        endpoint_url=moto_endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+@pytest.fixture
+def make_queue(sqs_client: object) -> Callable[..., str]:
+    """Create a fresh queue (FIFO when `fifo`), one per test, so queues stay small."""
+
+    def make(fifo: bool = True, **attributes: str) -> str:
+        name = f"test-{uuid.uuid4().hex[:12]}" + (".fifo" if fifo else "")
+        if fifo:
+            attributes["FifoQueue"] = "true"
+        return sqs_client.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+
+    return make
+
+
+@pytest.fixture
+def make_sqs_queue(moto_endpoint: str, make_queue: Callable[..., str]) -> Callable[..., SqsQueue]:
+    """An `SqsQueue` resource on a new moto queue."""
+
+    def make(fifo: bool = True, endpoint: str | None = None, **fields: object) -> SqsQueue:
+        return SqsQueue(
+            queue_url=make_queue(fifo),
+            region_name=REGION,
+            endpoint_url=endpoint or moto_endpoint,
+            **fields,
+        )
+
+    return make
+
+
+def drain(sqs_client: object, queue_url: str) -> list[dict]:
+    """Receive and delete every message in the queue; returns them with their attributes."""
+    messages: list[dict] = []
+    empty_receives = 0
+    while empty_receives < 2:
+        response = sqs_client.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=10,
+            AttributeNames=["All"],
+            WaitTimeSeconds=0,
+        )
+        batch = response.get("Messages", [])
+        if not batch:
+            empty_receives += 1
+            continue
+        empty_receives = 0
+        messages += batch
+        sqs_client.delete_message_batch(
+            QueueUrl=queue_url,
+            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)],
+        )
+    return messages
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database for this test session, dropped afterwards."""
+    name = f"campaign_pipeline_test_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as error:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL}: {error}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def postgres_store(postgres_url: str) -> Iterator[CampaignStore]:
+    """A campaign store on PostgreSQL with empty tables."""
+    store = CampaignStore(database_url=postgres_url)
+    store.create_schema()
+    with store.engine.begin() as connection:
+        for table in reversed(metadata.sorted_tables):
+            connection.execute(sa.delete(table))
+    yield store
+    store.engine.dispose()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[CampaignStore]:
+    """A campaign store in a new SQLite file."""
+    store = CampaignStore(database_url=f"sqlite:///{tmp_path / 'campaigns.db'}")
+    store.create_schema()
+    yield store
+    store.engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest) -> CampaignStore:
+    """The campaign store on each supported database."""
+    return request.getfixturevalue(f"{request.param}_store")

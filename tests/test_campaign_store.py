@@ -1,0 +1,209 @@
+"""The campaign store on SQLite and PostgreSQL: schema, claim and lease, streaming, outcomes."""
+
+import time
+from datetime import UTC, datetime
+
+import pytest
+import sqlalchemy as sa
+
+from campaign_pipeline.resources.campaign_store import (
+    CampaignBusy,
+    CampaignNotFound,
+    CampaignNotProcessable,
+    CampaignStore,
+    Outcome,
+    normalise_database_url,
+)
+from campaign_pipeline.schema import campaign_audience
+
+INJECTION = "Robert'); DROP TABLE campaign_audience;--"
+
+
+def add_template_campaign(store: CampaignStore, status: str = "asset_generated", **fields: object) -> str:
+    defaults = {"template_name": "hello_world", "template_language": "en"}
+    return store.add_campaign(
+        organization_id="org-1",
+        name="welcome",
+        status=status,
+        message_type="template",
+        **(defaults | fields),
+    )
+
+
+def add_recipients(store: CampaignStore, campaign_id: str, count: int) -> None:
+    store.add_recipients(
+        campaign_id, [{"phone_number": f"+1555{i:07d}", "name": f"R{i}"} for i in range(count)]
+    )
+
+
+def statuses(store: CampaignStore, campaign_id: str) -> dict[str, str]:
+    with store.engine.connect() as connection:
+        rows = connection.execute(
+            sa.select(campaign_audience.c.id, campaign_audience.c.status).where(
+                campaign_audience.c.campaign_id == campaign_id
+            )
+        )
+        return dict(rows.all())
+
+
+def test_create_schema_is_idempotent(store: CampaignStore) -> None:
+    """Creating the schema again keeps tables and data."""
+    campaign_id = add_template_campaign(store)
+    store.create_schema()
+    assert store.get_campaign(campaign_id) is not None
+
+
+def test_plain_postgresql_urls_use_psycopg_3() -> None:
+    """A plain postgresql:// URL is given the psycopg 3 driver."""
+    assert normalise_database_url("postgresql://u@h:5432/db") == "postgresql+psycopg://u@h:5432/db"
+    assert normalise_database_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalise_database_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_plain_postgresql_url_connects(postgres_url: str) -> None:
+    """The store works when given the URL exactly as a user writes it."""
+    assert postgres_url.startswith("postgresql://")
+    store = CampaignStore(database_url=postgres_url)
+    store.create_schema()
+    try:
+        assert store.count_recipients("00000000-0000-0000-0000-000000000000") == {
+            "pending": 0,
+            "ready_to_send": 0,
+            "failed": 0,
+        }
+    finally:
+        store.engine.dispose()
+
+
+def test_claim_moves_asset_generated_to_ready_to_launch(store: CampaignStore) -> None:
+    """The claim is a compare-and-set that bumps the version and takes the lease."""
+    campaign_id = add_template_campaign(store)
+    claim = store.claim(campaign_id, "run-1", lease_seconds=60)
+    row = store.get_campaign(campaign_id)
+    assert not claim.resumed
+    assert claim.message.template_name == "hello_world"
+    assert (row["status"], row["version"], row["lease_run_id"]) == ("ready_to_launch", 1, "run-1")
+
+
+def test_claim_refuses_while_another_run_holds_the_lease(store: CampaignStore) -> None:
+    """A second run cannot take a campaign whose lease is live."""
+    campaign_id = add_template_campaign(store)
+    store.claim(campaign_id, "run-1", lease_seconds=60)
+    with pytest.raises(CampaignBusy, match="run-1"):
+        store.claim(campaign_id, "run-2", lease_seconds=60)
+
+
+def test_claim_resumes_after_release_or_expiry(store: CampaignStore) -> None:
+    """A released or expired lease lets a later run resume the ready_to_launch campaign."""
+    campaign_id = add_template_campaign(store)
+    store.claim(campaign_id, "run-1", lease_seconds=60)
+    store.release(campaign_id, "run-1")
+    assert store.claim(campaign_id, "run-2", lease_seconds=0.01).resumed
+    time.sleep(0.05)
+    assert store.claim(campaign_id, "run-3", lease_seconds=60).resumed
+
+
+@pytest.mark.parametrize("status", ["draft", "failed", "launched"])
+def test_claim_refuses_other_statuses(store: CampaignStore, status: str) -> None:
+    """Only asset_generated (or a resumable ready_to_launch) campaigns are processed."""
+    campaign_id = add_template_campaign(store, status=status)
+    with pytest.raises(CampaignNotProcessable, match=status):
+        store.claim(campaign_id, "run-1", lease_seconds=60)
+    assert store.get_campaign(campaign_id)["status"] == status
+
+
+def test_claim_of_unknown_campaign(store: CampaignStore) -> None:
+    """An unknown id is reported as such."""
+    with pytest.raises(CampaignNotFound):
+        store.claim("00000000-0000-0000-0000-000000000000", "run-1", lease_seconds=60)
+
+
+def test_pending_recipients_stream_in_chunks_by_id(store: CampaignStore) -> None:
+    """Chunks cover every pending recipient once, in id order, none larger than asked."""
+    campaign_id = add_template_campaign(store)
+    add_recipients(store, campaign_id, 25)
+    chunks = list(store.iter_pending_recipients(campaign_id, chunk_size=10))
+    ids = [i for chunk in chunks for i in chunk["id"].to_list()]
+    assert [chunk.height for chunk in chunks] == [10, 10, 5]
+    assert ids == sorted(statuses(store, campaign_id))
+
+
+def test_outcomes_are_written_once_and_never_overwritten(store: CampaignStore) -> None:
+    """Recording is guarded by status 'pending': a later outcome cannot replace a recorded one."""
+    campaign_id = add_template_campaign(store)
+    add_recipients(store, campaign_id, 3)
+    store.claim(campaign_id, "run-1", lease_seconds=60)
+    first, second, third = sorted(statuses(store, campaign_id))
+    assert store.record_outcomes(
+        campaign_id,
+        "run-1",
+        [Outcome(first, "ready_to_send", "m-1"), Outcome(second, "failed", failure_reason=INJECTION)],
+        lease_seconds=60,
+    )
+    store.record_outcomes(campaign_id, "run-1", [Outcome(first, "failed", failure_reason="x")], 60)
+    with store.engine.connect() as connection:
+        rows = {
+            r.id: r
+            for r in connection.execute(
+                sa.select(campaign_audience).where(campaign_audience.c.campaign_id == campaign_id)
+            )
+        }
+    assert (rows[first].status, rows[first].sqs_message_id) == ("ready_to_send", "m-1")
+    assert (rows[second].status, rows[second].failure_reason) == ("failed", INJECTION)
+    assert rows[third].status == "pending"
+
+
+def test_recording_reports_a_lost_lease(store: CampaignStore) -> None:
+    """A run whose lease was taken over is told to stop, but what it sent is still recorded."""
+    campaign_id = add_template_campaign(store)
+    add_recipients(store, campaign_id, 1)
+    store.claim(campaign_id, "run-1", lease_seconds=0.01)
+    time.sleep(0.05)
+    store.claim(campaign_id, "run-2", lease_seconds=60)
+    (recipient,) = statuses(store, campaign_id)
+    assert not store.record_outcomes(
+        campaign_id, "run-1", [Outcome(recipient, "ready_to_send", "m-1")], lease_seconds=60
+    )
+    assert statuses(store, campaign_id)[recipient] == "ready_to_send"
+
+
+def test_finish_stores_counts_and_releases(store: CampaignStore) -> None:
+    """The campaign row gets its final counts and its lease is released."""
+    campaign_id = add_template_campaign(store)
+    add_recipients(store, campaign_id, 3)
+    store.claim(campaign_id, "run-1", lease_seconds=60)
+    first, second, _ = sorted(statuses(store, campaign_id))
+    store.record_outcomes(
+        campaign_id,
+        "run-1",
+        [Outcome(first, "ready_to_send", "m"), Outcome(second, "failed", failure_reason="r")],
+        60,
+    )
+    assert store.finish(campaign_id, "run-1") == {"pending": 1, "ready_to_send": 1, "failed": 1}
+    row = store.get_campaign(campaign_id)
+    assert (row["queued_count"], row["failed_count"], row["pending_count"]) == (1, 1, 1)
+    assert row["lease_run_id"] is None
+
+
+def test_campaigns_to_process_oldest_first_with_limit(store: CampaignStore) -> None:
+    """The sensor's query returns asset_generated campaigns, longest waiting first, up to a limit."""
+    ids = []
+    for minute in (3, 1, 2):
+        waiting_since = datetime(2026, 1, 1, 0, minute, tzinfo=UTC)
+        ids.append(add_template_campaign(store, updated_at=waiting_since))
+    add_template_campaign(store, status="draft")
+    found = store.campaigns_to_process(limit=2)
+    assert [c.id for c in found] == [ids[1], ids[2]]
+    assert all(c.organization_id == "org-1" and c.version == 0 for c in found)
+
+
+def test_injection_strings_are_stored_verbatim(store: CampaignStore) -> None:
+    """Every text field takes SQL fragments as plain data."""
+    campaign_id = add_template_campaign(
+        store, template_name=INJECTION, caption=INJECTION, media_url=INJECTION
+    )
+    store.add_recipients(campaign_id, [{"phone_number": INJECTION, "name": INJECTION}])
+    row = store.get_campaign(campaign_id)
+    assert (row["template_name"], row["caption"]) == (INJECTION, INJECTION)
+    (chunk,) = store.iter_pending_recipients(campaign_id, 10)
+    assert chunk.row(0)[1:3] == (INJECTION, INJECTION)

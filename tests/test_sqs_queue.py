@@ -1,0 +1,239 @@
+"""The SQS resource: batching rules, per-entry retries, FIFO ids, concurrency.
+
+Retry decisions are checked with botocore's Stubber (exact calls, no network); everything else
+against moto's server over HTTP, partial failures through the fault-injecting proxy.
+"""
+
+import json
+from collections.abc import Callable
+
+import pytest
+from botocore.stub import Stubber
+
+from campaign_pipeline.resources.sqs_queue import (
+    OutboundMessage,
+    SqsQueue,
+    backoff_seconds,
+    is_retryable,
+    mask_phone_numbers,
+)
+from tests.conftest import REGION, drain
+from tests.fault_proxy import FaultProxy
+
+CAMPAIGN_ID = "123e4567-e89b-12d3-a456-426614174001"
+
+
+def messages(count: int, prefix: str = "a") -> list[OutboundMessage]:
+    return [OutboundMessage(f"{prefix}{i}", json.dumps({"n": i})) for i in range(count)]
+
+
+def stubbed_queue(**fields: object) -> tuple[SqsQueue, Stubber]:
+    queue = SqsQueue(
+        queue_url="https://sqs.us-east-1.amazonaws.com/123456789012/q",
+        region_name=REGION,
+        retry_base_seconds=0,
+        **fields,
+    )
+    return queue, Stubber(queue.client)
+
+
+def batch_request(ids: list[str]) -> dict:
+    return {
+        "QueueUrl": "https://sqs.us-east-1.amazonaws.com/123456789012/q",
+        "Entries": [{"Id": i, "MessageBody": json.dumps({"n": int(i[1:])})} for i in ids],
+    }
+
+
+def test_retryable_failures_are_server_faults_and_throttling() -> None:
+    """Server faults and throttling codes are retried; other sender faults are not."""
+    assert is_retryable({"SenderFault": False, "Code": "InternalError"})
+    assert is_retryable({"SenderFault": True, "Code": "RequestThrottled"})
+    assert not is_retryable({"SenderFault": True, "Code": "InvalidMessageContents"})
+
+
+def test_backoff_is_capped_and_jittered() -> None:
+    """Backoff grows exponentially up to the cap and never exceeds it."""
+    assert all(0 <= backoff_seconds(attempt, 0.1, 2.0) <= 2.0 for attempt in range(20))
+    assert max(backoff_seconds(0, 0.1, 2.0) for _ in range(200)) <= 0.1
+
+
+def test_phone_numbers_are_masked_in_error_text() -> None:
+    """An error message that echoes a phone number keeps only its last two digits."""
+    assert mask_phone_numbers("bad number +14155550123 here") == "bad number ***23 here"
+
+
+def test_send_batch_retries_only_retryable_entries_and_never_resends_accepted() -> None:
+    """A 200 with Failed entries: throttled and server faults go again, sender faults are final."""
+    queue, stubber = stubbed_queue()
+    stubber.add_response(
+        "send_message_batch",
+        {
+            "Successful": [{"Id": "a0", "MessageId": "m0", "MD5OfMessageBody": "x"}],
+            "Failed": [
+                {"Id": "a1", "SenderFault": False, "Code": "InternalError"},
+                {"Id": "a2", "SenderFault": True, "Code": "RequestThrottled"},
+                {"Id": "a3", "SenderFault": True, "Code": "InvalidMessageContents", "Message": "no"},
+            ],
+        },
+        batch_request(["a0", "a1", "a2", "a3"]),
+    )
+    stubber.add_response(
+        "send_message_batch",
+        {
+            "Successful": [
+                {"Id": "a1", "MessageId": "m1", "MD5OfMessageBody": "x"},
+                {"Id": "a2", "MessageId": "m2", "MD5OfMessageBody": "x"},
+            ],
+            "Failed": [],
+        },
+        batch_request(["a1", "a2"]),
+    )
+    with stubber:
+        result = queue.send_batch(CAMPAIGN_ID, messages(4))
+    stubber.assert_no_pending_responses()
+    by_id = {o.id: o for o in result.outcomes}
+    assert {i: o.message_id for i, o in by_id.items() if o.accepted} == {
+        "a0": "m0",
+        "a1": "m1",
+        "a2": "m2",
+    }
+    assert by_id["a3"].error_code == "InvalidMessageContents"
+    assert result.retried_entries == 2
+    assert result.error is None
+
+
+def test_send_batch_gives_up_after_max_entry_retries() -> None:
+    """An entry that keeps failing ends failed with SQS's code after the allowed resends."""
+    queue, stubber = stubbed_queue(max_entry_retries=2)
+    failure = {"Successful": [], "Failed": [{"Id": "a0", "SenderFault": False, "Code": "InternalError"}]}
+    for _ in range(3):
+        stubber.add_response("send_message_batch", failure, batch_request(["a0"]))
+    with stubber:
+        result = queue.send_batch(CAMPAIGN_ID, messages(1))
+    stubber.assert_no_pending_responses()
+    assert [(o.id, o.error_code) for o in result.outcomes] == [("a0", "InternalError")]
+    assert result.retried_entries == 2
+
+
+def test_send_batch_keeps_known_outcomes_when_the_api_fails() -> None:
+    """An API error after a partial success keeps the accepted entry and leaves the rest unknown."""
+    queue, stubber = stubbed_queue()
+    stubber.add_response(
+        "send_message_batch",
+        {
+            "Successful": [{"Id": "a0", "MessageId": "m0", "MD5OfMessageBody": "x"}],
+            "Failed": [{"Id": "a1", "SenderFault": False, "Code": "InternalError"}],
+        },
+        batch_request(["a0", "a1"]),
+    )
+    stubber.add_client_error("send_message_batch", "AccessDenied", http_status_code=403)
+    with stubber:
+        result = queue.send_batch(CAMPAIGN_ID, messages(2))
+    assert [(o.id, o.message_id) for o in result.outcomes] == [("a0", "m0")]
+    assert result.error is not None
+
+
+def test_client_uses_standard_retries_and_timeouts() -> None:
+    """botocore retries are pinned to 'standard' mode with the configured attempts."""
+    queue = SqsQueue(queue_url="https://x/q", region_name=REGION, max_attempts=7)
+    config = queue.client.meta.config
+    assert config.retries == {"mode": "standard", "total_max_attempts": 7}
+    assert config.connect_timeout == queue.connect_timeout_seconds
+
+
+def test_fifo_entries_carry_campaign_group_and_deduplication_ids(
+    make_sqs_queue: Callable[..., SqsQueue], sqs_client: object
+) -> None:
+    """On a FIFO queue the group is the campaign and a resend within 5 minutes is dropped."""
+    queue = make_sqs_queue(fifo=True)
+    first = queue.send_batch(CAMPAIGN_ID, messages(3))
+    again = queue.send_batch(CAMPAIGN_ID, messages(3))
+    assert all(o.accepted for o in first.outcomes + again.outcomes)
+    received = drain(sqs_client, queue.queue_url)
+    assert len(received) == 3
+    assert {m["Attributes"]["MessageGroupId"] for m in received} == {CAMPAIGN_ID}
+    assert {m["Attributes"]["MessageDeduplicationId"] for m in received} == {
+        f"{CAMPAIGN_ID}:a{i}" for i in range(3)
+    }
+    assert {o.message_id for o in first.outcomes} == {m["MessageId"] for m in received}
+
+
+def test_fifo_group_id_comes_from_sqs_message_group_id(
+    make_sqs_queue: Callable[..., SqsQueue], sqs_client: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQS_MESSAGE_GROUP_ID replaces the per-campaign group."""
+    monkeypatch.setenv("SQS_MESSAGE_GROUP_ID", "whatsapp-messages")
+    queue = make_sqs_queue(fifo=True)
+    queue.send_batch(CAMPAIGN_ID, messages(2))
+    received = drain(sqs_client, queue.queue_url)
+    assert {m["Attributes"]["MessageGroupId"] for m in received} == {"whatsapp-messages"}
+
+
+def test_standard_queue_gets_plain_entries(
+    make_sqs_queue: Callable[..., SqsQueue], sqs_client: object
+) -> None:
+    """A standard queue takes the bodies as they are, without FIFO ids."""
+    queue = make_sqs_queue(fifo=False)
+    result = queue.send_batch(CAMPAIGN_ID, messages(10))
+    assert sum(o.accepted for o in result.outcomes) == 10
+    received = drain(sqs_client, queue.queue_url)
+    assert sorted(json.loads(m["Body"])["n"] for m in received) == list(range(10))
+    assert "MessageGroupId" not in received[0]["Attributes"]
+
+
+def test_max_message_bytes_is_read_from_the_queue(make_sqs_queue: Callable[..., SqsQueue]) -> None:
+    """The batch and message size limit comes from the queue's MaximumMessageSize."""
+    queue = make_sqs_queue(fifo=False)
+    queue.client.set_queue_attributes(
+        QueueUrl=queue.queue_url, Attributes={"MaximumMessageSize": "2048"}
+    )
+    assert queue.max_message_bytes() == 2048
+
+
+def test_send_batches_yields_every_batch_with_concurrent_calls(
+    make_sqs_queue: Callable[..., SqsQueue], sqs_client: object
+) -> None:
+    """All batches come back, each entry exactly once, with several calls in flight."""
+    queue = make_sqs_queue(fifo=False, max_concurrent_batches=4)
+    batches = [messages(10, prefix=f"b{b}x") for b in range(6)]
+    results = list(queue.send_batches(CAMPAIGN_ID, batches))
+    assert len(results) == 6
+    ids = [o.id for r in results for o in r.outcomes if o.accepted]
+    assert sorted(ids) == sorted(m.id for batch in batches for m in batch)
+    assert len(drain(sqs_client, queue.queue_url)) == 60
+
+
+def test_partial_batch_failure_against_the_real_endpoint(
+    moto_endpoint: str, make_sqs_queue: Callable[..., SqsQueue], sqs_client: object
+) -> None:
+    """Through the proxy: a sender fault is final, a throttled entry lands once after a retry."""
+
+    def fault(entry: dict, attempt: int) -> tuple[str, bool] | None:
+        if entry["Id"] == "a1":
+            return ("InvalidParameterValue", True)
+        if entry["Id"] == "a2" and attempt == 1:
+            return ("RequestThrottled", True)
+        return None
+
+    with FaultProxy(moto_endpoint, entry_fault=fault) as proxy:
+        queue = make_sqs_queue(fifo=False, endpoint=proxy.url, retry_base_seconds=0)
+        result = queue.send_batch(CAMPAIGN_ID, messages(4))
+    by_id = {o.id: o for o in result.outcomes}
+    assert not by_id["a1"].accepted and by_id["a1"].error_code == "InvalidParameterValue"
+    assert all(by_id[i].accepted for i in ("a0", "a2", "a3"))
+    assert result.retried_entries == 1
+    received = sorted(json.loads(m["Body"])["n"] for m in drain(sqs_client, queue.queue_url))
+    assert received == [0, 2, 3]
+
+
+def test_send_batches_stops_taking_batches_after_an_error(
+    moto_endpoint: str, make_sqs_queue: Callable[..., SqsQueue]
+) -> None:
+    """When SQS stays down, no further batch is started and the error is reported."""
+    with FaultProxy(moto_endpoint, request_fault=lambda action, call: 503) as proxy:
+        queue = make_sqs_queue(
+            fifo=False, endpoint=proxy.url, max_attempts=2, max_concurrent_batches=1
+        )
+        results = list(queue.send_batches(CAMPAIGN_ID, [messages(10)] * 5))
+    assert len(results) == 1
+    assert results[0].error is not None and not results[0].outcomes
