@@ -29,6 +29,7 @@ BATCH_ENTRY_ID_PATTERN = r"^[A-Za-z0-9_-]{1,80}$"
 HTTP_URL_PATTERN = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?([/?#][^\s]*)?$"
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+ANY_PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 RECIPIENT_FIELDS = ("name", "phone_number")
 
 RECIPIENT_SCHEMA: dict[str, Any] = {
@@ -88,12 +89,21 @@ def parse_template_parameters(raw: Any) -> tuple[Mapping[str, Any], ...]:
 
 
 def check_campaign_message(message: CampaignMessage) -> None:
-    """Raise `CampaignDefinitionError` when the campaign's message type is unknown."""
+    """Raise `CampaignDefinitionError` for an unknown message type or a malformed placeholder."""
     if message.message_type not in MESSAGE_TYPES:
         raise CampaignDefinitionError(
             f"unknown message type {message.message_type!r}; "
             f"expected one of {', '.join(MESSAGE_TYPES)}"
         )
+    texts = [message.message_content, message.media_url, message.caption]
+    texts += [p["value"] for p in message.template_parameters if isinstance(p["value"], str)]
+    for text in filter(None, texts):
+        for match in ANY_PLACEHOLDER.finditer(text):
+            if not PLACEHOLDER.fullmatch(match.group()):
+                raise CampaignDefinitionError(
+                    f"malformed placeholder {match.group()!r}: placeholders are {{{{name}}}}, "
+                    "{{phone_number}} or {{key}} of the attributes (letters, digits, underscores)"
+                )
 
 
 def _json(value: Any) -> str:
@@ -217,13 +227,10 @@ def _text_body(message: CampaignMessage) -> tuple[list[pl.Expr], list[pl.Expr]]:
 
 
 def _media_body(message: CampaignMessage) -> tuple[list[pl.Expr], list[pl.Expr]]:
-    url = _fill(message.media_url)
+    url = _fill(message.media_url or None)
     caption = _fill(message.caption or "")
     reasons = [
-        pl.when(url.value.is_null() & pl.lit(not message.media_url)).then(
-            pl.lit("media URL is missing")
-        ),
-        url.failure_reason,
+        pl.lit("media URL is missing") if not message.media_url else url.failure_reason,
         pl.when(~url.value.str.contains(HTTP_URL_PATTERN)).then(
             pl.lit("media URL must be an http(s) URL")
         ),
@@ -275,7 +282,7 @@ def build_payloads(
         ]
     )
     reasons = [
-        pl.when(~pl.col("id").str.contains(BATCH_ENTRY_ID_PATTERN)).then(
+        pl.when(pl.col("id").is_null() | ~pl.col("id").str.contains(BATCH_ENTRY_ID_PATTERN)).then(
             pl.lit("audience id is not a valid SQS batch entry id")
         ),
         _phone_number_reason(),
