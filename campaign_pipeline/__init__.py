@@ -1,0 +1,1 @@
+"""campaign_pipeline: a Dagster code location that queues campaign messages on SQS."""

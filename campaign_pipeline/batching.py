@@ -10,7 +10,7 @@ MAX_BATCH_ENTRIES = 10
 def batch_slices(
     sizes: npt.ArrayLike, max_bytes: int, max_entries: int = MAX_BATCH_ENTRIES
 ) -> list[slice]:
-    """Split messages of `sizes` bytes into consecutive batches of at most `max_entries` and `max_bytes`.
+    """Split messages of `sizes` bytes into batches of at most `max_entries` and `max_bytes`.
 
     Every message must itself fit in `max_bytes` (payload building rejects larger ones). Messages
     are cut into runs of `max_entries` with array arithmetic; only a run whose total is too large

@@ -22,7 +22,7 @@ TEMPLATE_PARAMETER_TYPES = ("header", "body", "button")
 TEXT_MAX_CHARS = 4096
 CAPTION_MAX_CHARS = 1024
 
-# E.164: a '+', then 8 to 15 digits, the first not 0. ASCII digits only: Unicode digits are rejected.
+# E.164: a '+', then 8 to 15 digits, the first not 0. ASCII digits only, not Unicode ones.
 E164_PATTERN = r"^\+[1-9][0-9]{7,14}$"
 # SendMessageBatch entry ids: alphanumerics, hyphens and underscores, at most 80 characters.
 BATCH_ENTRY_ID_PATTERN = r"^[A-Za-z0-9_-]{1,80}$"

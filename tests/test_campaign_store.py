@@ -19,7 +19,9 @@ from campaign_pipeline.schema import campaign_audience
 INJECTION = "Robert'); DROP TABLE campaign_audience;--"
 
 
-def add_template_campaign(store: CampaignStore, status: str = "asset_generated", **fields: object) -> str:
+def add_template_campaign(
+    store: CampaignStore, status: str = "asset_generated", **fields: object
+) -> str:
     defaults = {"template_name": "hello_world", "template_language": "en"}
     return store.add_campaign(
         organization_id="org-1",
@@ -137,7 +139,10 @@ def test_outcomes_are_written_once_and_never_overwritten(store: CampaignStore) -
     assert store.record_outcomes(
         campaign_id,
         "run-1",
-        [Outcome(first, "ready_to_send", "m-1"), Outcome(second, "failed", failure_reason=INJECTION)],
+        [
+            Outcome(first, "ready_to_send", "m-1"),
+            Outcome(second, "failed", failure_reason=INJECTION),
+        ],
         lease_seconds=60,
     )
     store.record_outcomes(campaign_id, "run-1", [Outcome(first, "failed", failure_reason="x")], 60)
@@ -186,7 +191,7 @@ def test_finish_stores_counts_and_releases(store: CampaignStore) -> None:
 
 
 def test_campaigns_to_process_oldest_first_with_limit(store: CampaignStore) -> None:
-    """The sensor's query returns asset_generated campaigns, longest waiting first, up to a limit."""
+    """The sensor's query: asset_generated campaigns, longest waiting first, up to a limit."""
     ids = []
     for minute in (3, 1, 2):
         waiting_since = datetime(2026, 1, 1, 0, minute, tzinfo=UTC)

@@ -25,7 +25,12 @@ from tests.fault_proxy import FaultProxy
 ORGANIZATION_ID = "123e4567-e89b-12d3-a456-426614174000"
 CAMPAIGN_ID = "123e4567-e89b-12d3-a456-426614174001"
 AUDIENCE_ID = "123e4567-e89b-12d3-a456-426614174002"
-HEAD = {"organizationId": ORGANIZATION_ID, "campaignId": CAMPAIGN_ID, "campaignAudienceId": AUDIENCE_ID, "to": "+1234567890"}
+HEAD = {
+    "organizationId": ORGANIZATION_ID,
+    "campaignId": CAMPAIGN_ID,
+    "campaignAudienceId": AUDIENCE_ID,
+    "to": "+1234567890",
+}
 
 # (campaign columns, the payload the spec shows for it)
 SPEC_EXAMPLES = {
@@ -73,7 +78,12 @@ SPEC_EXAMPLES = {
     **{
         media: (
             {"message_type": media, "media_url": f"https://cdn.example.com/{media}.bin"},
-            {**HEAD, "messageType": media, "mediaUrl": f"https://cdn.example.com/{media}.bin", "caption": ""},
+            {
+                **HEAD,
+                "messageType": media,
+                "mediaUrl": f"https://cdn.example.com/{media}.bin",
+                "caption": "",
+            },
         )
         for media in ("video", "document", "audio")
     },
@@ -93,8 +103,14 @@ def run_job(
 
 
 def add_campaign(store: CampaignStore, recipients: int, invalid: int = 0, **fields: object) -> str:
-    defaults = {"status": "asset_generated", "message_type": "text", "message_content": "Hi {{name}}"}
-    campaign_id = store.add_campaign(organization_id=ORGANIZATION_ID, name="test", **(defaults | fields))
+    defaults = {
+        "status": "asset_generated",
+        "message_type": "text",
+        "message_content": "Hi {{name}}",
+    }
+    campaign_id = store.add_campaign(
+        organization_id=ORGANIZATION_ID, name="test", **(defaults | fields)
+    )
     store.add_recipients(
         campaign_id,
         [{"phone_number": f"+1555{i:07d}", "name": f"R{i}"} for i in range(recipients)]
@@ -138,7 +154,11 @@ def test_every_message_type_matches_the_spec(
     """Each message type lands in the queue exactly as the spec's JSON, field order included."""
     columns, expected = SPEC_EXAMPLES[example]
     postgres_store.add_campaign(
-        id=CAMPAIGN_ID, organization_id=ORGANIZATION_ID, name=example, status="asset_generated", **columns
+        id=CAMPAIGN_ID,
+        organization_id=ORGANIZATION_ID,
+        name=example,
+        status="asset_generated",
+        **columns,
     )
     postgres_store.add_recipients(
         CAMPAIGN_ID, [{"id": AUDIENCE_ID, "phone_number": "+1234567890", "name": "John Doe"}]
@@ -163,9 +183,15 @@ def test_campaign_is_queued_and_every_recipient_accounted_for(
     """Valid recipients are queued with their message id, invalid ones failed with a reason."""
     campaign_id = add_campaign(postgres_store, recipients=23, invalid=2)
     queue = make_sqs_queue(fifo=fifo)
-    result = run_job(postgres_store, queue, campaign_id, recipients_per_chunk=7, outcomes_per_write=5)
+    result = run_job(
+        postgres_store, queue, campaign_id, recipients_per_chunk=7, outcomes_per_write=5
+    )
     assert result.success
-    assert result.output_for_node("complete_campaign") == {"pending": 0, "ready_to_send": 23, "failed": 2}
+    assert result.output_for_node("complete_campaign") == {
+        "pending": 0,
+        "ready_to_send": 23,
+        "failed": 2,
+    }
     received = drain(sqs_client, queue.queue_url)
     assert len(received) == 23
     assert_accounted_for(postgres_store, campaign_id, received)
@@ -176,7 +202,7 @@ def test_campaign_is_queued_and_every_recipient_accounted_for(
 def test_send_metadata_has_counts_and_no_phone_numbers(
     postgres_store: CampaignStore, make_sqs_queue: Callable[..., SqsQueue], sqs_client: object
 ) -> None:
-    """The send op reports counts, batches and the queue; no phone number appears in the run's events."""
+    """The send op reports counts, batches and the queue; no phone number is in the events."""
     campaign_id = add_campaign(postgres_store, recipients=12, invalid=1)
     queue = make_sqs_queue(fifo=True)
     result = run_job(postgres_store, queue, campaign_id)
@@ -252,7 +278,9 @@ def test_rerun_after_sqs_outage_sends_only_the_rest(
     campaign_id = add_campaign(postgres_store, recipients=45)
     outage = FaultProxy(
         moto_endpoint,
-        request_fault=lambda action, call: 503 if action == "SendMessageBatch" and call > 2 else None,
+        request_fault=lambda action, call: (
+            503 if action == "SendMessageBatch" and call > 2 else None
+        ),
     )
     with outage:
         queue = make_sqs_queue(
@@ -266,7 +294,9 @@ def test_rerun_after_sqs_outage_sends_only_the_rest(
     first = drain(sqs_client, queue.queue_url)
     assert_accounted_for(postgres_store, campaign_id, first)
 
-    direct = SqsQueue(queue_url=queue.queue_url, region_name=queue.region_name, endpoint_url=moto_endpoint)
+    direct = SqsQueue(
+        queue_url=queue.queue_url, region_name=queue.region_name, endpoint_url=moto_endpoint
+    )
     rerun = run_job(postgres_store, direct, campaign_id)
     assert rerun.success
     assert rerun.output_for_node("send_campaign_messages").queued == 25
@@ -286,7 +316,9 @@ def test_two_runs_at_once_do_not_double_send(
     with FaultProxy(moto_endpoint, delay_seconds=0.2) as slow:
         queue = make_sqs_queue(fifo=False, endpoint=slow.url, max_concurrent_batches=2)
         threads = [
-            threading.Thread(target=lambda: results.append(run_job(postgres_store, queue, campaign_id)))
+            threading.Thread(
+                target=lambda: results.append(run_job(postgres_store, queue, campaign_id))
+            )
             for _ in range(2)
         ]
         for thread in threads:

@@ -1,0 +1,1 @@
+"""Dagster resources: the campaign store and the SQS queue."""

@@ -1,0 +1,44 @@
+"""The code location loads, and its definitions are wired the way the README says."""
+
+import os
+import subprocess
+import sys
+
+import dagster as dg
+
+from campaign_pipeline.definitions import defs
+from campaign_pipeline.sensors import asset_generated_campaigns_sensor
+
+
+def test_definitions_load() -> None:
+    """Dagster can load the code location, with every resource the job needs."""
+    dg.Definitions.validate_loadable(defs)
+    assert defs.get_job_def("process_campaign_messages") is not None
+
+
+def test_sensor_runs_by_default_every_30_seconds() -> None:
+    """The sensor starts running when the code location loads, at the spec's default interval."""
+    assert asset_generated_campaigns_sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert asset_generated_campaigns_sensor.minimum_interval_seconds == 30
+
+
+def test_sensor_interval_comes_from_campaign_processing_interval() -> None:
+    """CAMPAIGN_PROCESSING_INTERVAL (milliseconds) sets the sensor's interval (seconds)."""
+    code = (
+        "from campaign_pipeline.sensors import asset_generated_campaigns_sensor as s;"
+        "print(s.minimum_interval_seconds)"
+    )
+    env = os.environ | {"CAMPAIGN_PROCESSING_INTERVAL": "5000"}
+    output = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert output.strip() == "5"
+
+
+def test_queue_settings_come_from_the_environment_not_the_definitions() -> None:
+    """Queue URL and region are EnvVars, resolved at run time and never stored as values."""
+    sqs_queue = defs.resources["sqs_queue"]
+    assert isinstance(sqs_queue.queue_url, dg.EnvVar)
+    assert isinstance(sqs_queue.region_name, dg.EnvVar)
+    assert sqs_queue.queue_url.env_var_name == "AWS_SQS_QUEUE_URL"
+    assert sqs_queue.region_name.env_var_name == "AWS_REGION"
