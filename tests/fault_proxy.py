@@ -58,7 +58,9 @@ class FaultProxy:
         self._server.server_close()
 
     def _forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple:
-        connection = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=30)
+        connection = http.client.HTTPConnection(
+            self.upstream.hostname, self.upstream.port, timeout=30
+        )
         try:
             connection.request(method, path, body=body, headers=headers)
             response = connection.getresponse()
@@ -79,7 +81,12 @@ class FaultProxy:
                 continue
             code, sender_fault = fault
             failed.append(
-                {"Id": entry["Id"], "SenderFault": sender_fault, "Code": code, "Message": "injected"}
+                {
+                    "Id": entry["Id"],
+                    "SenderFault": sender_fault,
+                    "Code": code,
+                    "Message": "injected",
+                }
             )
         with self._lock:
             self.injected_entry_faults += len(failed)
@@ -110,7 +117,10 @@ class FaultProxy:
                     time.sleep(proxy.delay_seconds)
                 status = proxy.request_fault(action, call) if proxy.request_fault else None
                 if status is not None:
-                    error = {"__type": "com.amazonaws.sqs#ServiceUnavailable", "message": "injected"}
+                    error = {
+                        "__type": "com.amazonaws.sqs#ServiceUnavailable",
+                        "message": "injected",
+                    }
                     self._reply(status, json.dumps(error).encode(), "application/x-amz-json-1.0")
                     return
                 failed: list[dict[str, Any]] = []
@@ -121,7 +131,9 @@ class FaultProxy:
                         self._reply(200, json.dumps(reply).encode(), "application/x-amz-json-1.0")
                         return
                 headers = {
-                    k: v for k, v in self.headers.items() if k.lower() not in {"host", "content-length"}
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() not in {"host", "content-length"}
                 }
                 status, response_headers, response_body = proxy._forward(
                     "POST", self.path, headers, body
@@ -130,7 +142,9 @@ class FaultProxy:
                     reply = json.loads(response_body)
                     reply["Failed"] = reply.get("Failed", []) + failed
                     response_body = json.dumps(reply).encode()
-                content_type = dict(response_headers).get("Content-Type", "application/x-amz-json-1.0")
+                content_type = dict(response_headers).get(
+                    "Content-Type", "application/x-amz-json-1.0"
+                )
                 self._reply(status, response_body, content_type)
 
         return Handler

@@ -807,7 +807,7 @@ def test_empty_media_url_is_reported_missing() -> None:
 
 @pytest.mark.parametrize("text", ["Hi {{first-name}}", "Hi {{ }}", "Hi {{name.first}}"])
 def test_malformed_placeholders_reject_the_campaign(text: str) -> None:
-    """A `{{...}}` that is not a valid placeholder is never sent literally: the campaign is refused."""
+    """A `{{...}}` that is not a valid placeholder is never sent literally: campaign refused."""
     message = CampaignMessage(CAMPAIGN_ID, ORGANIZATION_ID, "text", message_content=text)
     with pytest.raises(CampaignDefinitionError, match="malformed placeholder"):
         check_campaign_message(message)

@@ -72,7 +72,12 @@ def test_send_batch_retries_only_retryable_entries_and_never_resends_accepted() 
             "Failed": [
                 {"Id": "a1", "SenderFault": False, "Code": "InternalError"},
                 {"Id": "a2", "SenderFault": True, "Code": "RequestThrottled"},
-                {"Id": "a3", "SenderFault": True, "Code": "InvalidMessageContents", "Message": "no"},
+                {
+                    "Id": "a3",
+                    "SenderFault": True,
+                    "Code": "InvalidMessageContents",
+                    "Message": "no",
+                },
             ],
         },
         batch_request(["a0", "a1", "a2", "a3"]),
@@ -105,7 +110,10 @@ def test_send_batch_retries_only_retryable_entries_and_never_resends_accepted() 
 def test_send_batch_gives_up_after_max_entry_retries() -> None:
     """An entry that keeps failing ends failed with SQS's code after the allowed resends."""
     queue, stubber = stubbed_queue(max_entry_retries=2)
-    failure = {"Successful": [], "Failed": [{"Id": "a0", "SenderFault": False, "Code": "InternalError"}]}
+    failure = {
+        "Successful": [],
+        "Failed": [{"Id": "a0", "SenderFault": False, "Code": "InternalError"}],
+    }
     for _ in range(3):
         stubber.add_response("send_message_batch", failure, batch_request(["a0"]))
     with stubber:

@@ -101,7 +101,9 @@ class SqsQueue(dg.ConfigurableResource):
         default=8, ge=1, description="SendMessageBatch calls in flight at once."
     )
     max_attempts: int = Field(
-        default=5, ge=1, description="Attempts per API call, first included (botocore standard retries)."
+        default=5,
+        ge=1,
+        description="Attempts per API call, first included (botocore standard retries).",
     )
     max_entry_retries: int = Field(
         default=5, ge=0, description="Resends of entries SQS reports as failed but retryable."
