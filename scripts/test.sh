@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Install everything, then lint, check formatting and run the whole test suite.
+# Needs PostgreSQL on 127.0.0.1:5432 (trust auth; TEST_POSTGRES_URL overrides) for the Postgres paths.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/bootstrap.sh
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/pytest "$@"
