@@ -12,14 +12,37 @@ import dagster as dg
 import polars as pl
 import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
+from sqlalchemy.dialects import postgresql
 
 from campaign_pipeline.payloads import CampaignMessage, parse_template_parameters, recipients_frame
 from campaign_pipeline.schema import campaign_audience, campaigns, metadata
 
 DATABASE_URL_VARIABLE = "CAMPAIGN_DATABASE_URL"
-# Rows per UPDATE statement when recording outcomes: 4 parameters each, far below PostgreSQL's
-# 65,535 bind parameters.
+# Rows per statement when inserting or recording outcomes, to bound each statement's size.
 ROWS_PER_STATEMENT = 5_000
+
+
+# PostgreSQL: one set-based UPDATE per slice, the outcomes passed as four arrays. Four bind
+# parameters whatever the slice size, so the statement is compiled once (a VALUES list of N rows
+# cost SQLAlchemy ~0.2 ms a row to compile, measured here).
+_UPDATE_FROM_ARRAYS = sa.text(
+    """
+    UPDATE campaign_audience AS audience
+    SET status = outcome.status,
+        sqs_message_id = outcome.sqs_message_id,
+        failure_reason = outcome.failure_reason,
+        updated_at = :now
+    FROM unnest(:ids, :statuses, :message_ids, :reasons)
+        AS outcome(id, status, sqs_message_id, failure_reason)
+    WHERE audience.id = outcome.id AND audience.status = 'pending'
+    """
+).bindparams(
+    *(
+        sa.bindparam(name, type_=postgresql.ARRAY(sa.Text))
+        for name in ("ids", "statuses", "message_ids", "reasons")
+    ),
+    sa.bindparam("now", type_=sa.DateTime(timezone=True)),
+)
 
 
 class CampaignStoreError(Exception):
@@ -320,29 +343,18 @@ class CampaignStore(dg.ConfigurableResource):
         if not outcomes:
             return
         if connection.dialect.name == "postgresql":
-            # One UPDATE ... FROM (VALUES ...) per slice: set-based, one round trip.
-            values = sa.values(
-                sa.column("id", sa.String),
-                sa.column("status", sa.String),
-                sa.column("sqs_message_id", sa.String),
-                sa.column("failure_reason", sa.Text),
-                name="outcome",
-            ).data([(o.id, o.status, o.sqs_message_id, o.failure_reason) for o in outcomes])
             connection.execute(
-                campaign_audience.update()
-                .where(
-                    campaign_audience.c.id == values.c.id,
-                    campaign_audience.c.status == "pending",
-                )
-                .values(
-                    status=values.c.status,
-                    sqs_message_id=values.c.sqs_message_id,
-                    failure_reason=values.c.failure_reason,
-                    updated_at=now,
-                )
+                _UPDATE_FROM_ARRAYS,
+                {
+                    "ids": [o.id for o in outcomes],
+                    "statuses": [o.status for o in outcomes],
+                    "message_ids": [o.sqs_message_id for o in outcomes],
+                    "reasons": [o.failure_reason for o in outcomes],
+                    "now": now,
+                },
             )
             return
-        # SQLite has no column aliases on VALUES; an in-process executemany is its fast path.
+        # SQLite has no arrays; an in-process executemany is its fast path.
         connection.execute(
             campaign_audience.update()
             .where(
