@@ -21,6 +21,7 @@ from campaign_pipeline.resources.sqs_queue import SqsQueue
 from campaign_pipeline.schema import campaign_audience
 from tests.conftest import drain
 from tests.fault_proxy import FaultProxy
+from tests.test_payloads import payload_validator
 
 ORGANIZATION_ID = "123e4567-e89b-12d3-a456-426614174000"
 CAMPAIGN_ID = "123e4567-e89b-12d3-a456-426614174001"
@@ -140,6 +141,8 @@ def assert_accounted_for(store: CampaignStore, campaign_id: str, received: list[
     assert set(by_audience) == set(sent)
     assert max(by_audience.values(), default=1) == 1
     message_ids = {json.loads(m["Body"])["campaignAudienceId"]: m["MessageId"] for m in received}
+    for message in received:
+        payload_validator().validate(json.loads(message["Body"]))
     assert {i: r.sqs_message_id for i, r in sent.items()} == message_ids
     assert all(r.failure_reason for r in rows.values() if r.status == "failed")
 
@@ -167,6 +170,7 @@ def test_every_message_type_matches_the_spec(
     assert run_job(postgres_store, queue, CAMPAIGN_ID).success
     (message,) = drain(sqs_client, queue.queue_url)
     assert list(json.loads(message["Body"]).items()) == list(expected.items())
+    payload_validator().validate(json.loads(message["Body"]))
     row = audience(postgres_store, CAMPAIGN_ID)[AUDIENCE_ID]
     assert (row.status, row.sqs_message_id) == ("ready_to_send", message["MessageId"])
     campaign = postgres_store.get_campaign(CAMPAIGN_ID)
