@@ -126,7 +126,7 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _message(row: Mapping[str, Any]) -> CampaignMessage:
+def _message(row: Mapping[Any, Any]) -> CampaignMessage:
     return CampaignMessage(
         campaign_id=row["id"],
         organization_id=row["organization_id"],
@@ -410,7 +410,7 @@ class CampaignStore(dg.ConfigurableResource):
             .group_by(campaign_audience.c.status)
         )
         with self.engine.connect() as connection:
-            counts = dict(connection.execute(query).all())
+            counts: dict[str, int] = dict(connection.execute(query).tuples().all())
         return {status: counts.get(status, 0) for status in ("pending", "ready_to_send", "failed")}
 
     def finish(self, campaign_id: str, run_id: str) -> dict[str, int]:
