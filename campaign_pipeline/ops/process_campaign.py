@@ -56,10 +56,6 @@ class ClaimedCampaign:
         return self.message.campaign_id
 
 
-def _retry_transient(error: Exception) -> dg.RetryRequested:
-    return dg.RetryRequested(max_retries=3, seconds_to_wait=2)
-
-
 def _send_metadata(stats: SendStats, queue_url: str) -> dict[str, dg.MetadataValue]:
     reasons = "\n".join(
         f"| {reason.replace('|', '/')} | {count} |"
@@ -102,7 +98,7 @@ def claim_campaign(
     except CampaignStoreError as error:
         raise dg.Failure(description=str(error), allow_retries=False) from None
     except TRANSIENT_DATABASE_ERRORS as error:
-        raise _retry_transient(error) from error
+        raise dg.RetryRequested(max_retries=3, seconds_to_wait=2) from error
     pending = campaign_store.count_recipients(campaign_id)["pending"]
     context.add_output_metadata(
         {
@@ -179,7 +175,7 @@ def complete_campaign(
     try:
         counts = campaign_store.finish(campaign.id, context.run_id)
     except TRANSIENT_DATABASE_ERRORS as error:
-        raise _retry_transient(error) from error
+        raise dg.RetryRequested(max_retries=3, seconds_to_wait=2) from error
     metadata = {status: dg.MetadataValue.int(count) for status, count in counts.items()}
     if counts["pending"]:
         raise dg.Failure(

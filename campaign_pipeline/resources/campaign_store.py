@@ -108,6 +108,9 @@ def normalise_database_url(url: str) -> str:
 def make_engine(url: str) -> sa.Engine:
     """An engine for `url`; SQLite gets WAL and a busy timeout so concurrent runs wait, not fail."""
     url = normalise_database_url(url)
+    if url.startswith("postgresql"):
+        # libpq would wait about two minutes for a host that does not answer.
+        return sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
     if not url.startswith("sqlite"):
         return sa.create_engine(url, pool_pre_ping=True)
     engine = sa.create_engine(url, connect_args={"timeout": 30})
