@@ -15,8 +15,8 @@ import polars as pl
 
 from campaign_pipeline.batching import batch_slices
 from campaign_pipeline.payloads import CampaignMessage, build_payloads
-from campaign_pipeline.resources.campaign_store import CampaignStore, Outcome
-from campaign_pipeline.resources.sqs_queue import EntryOutcome, OutboundMessage, SqsQueue
+from campaign_pipeline.resources.campaign_store import CampaignStore, Outcomes
+from campaign_pipeline.resources.sqs_queue import BatchResult, SqsQueue
 
 
 @dataclass
@@ -49,15 +49,9 @@ class SendInterrupted(Exception):
         self.stats = stats
 
 
-def _rejected(outcome: EntryOutcome) -> tuple[Outcome, str]:
-    summary = f"SQS rejected the message ({outcome.error_code})"
-    reason = f"{summary}: {outcome.error_message}" if outcome.error_message else summary
-    return Outcome(outcome.id, "failed", failure_reason=reason), summary
-
-
 @dataclass
 class _Recorder:
-    """Buffers outcomes and writes them to the store once a window is full."""
+    """Gathers outcomes and writes them to the store once a window is full."""
 
     store: CampaignStore
     campaign_id: str
@@ -65,47 +59,44 @@ class _Recorder:
     lease_seconds: float
     window: int
     stats: SendStats
-    buffer: list[Outcome] = field(default_factory=list)
+    outcomes: Outcomes = field(default_factory=Outcomes)
     lease_held: bool = True
 
-    def add_batch(self, outcomes: list[EntryOutcome]) -> None:
-        for outcome in outcomes:
-            if outcome.accepted:
-                self.buffer.append(Outcome(outcome.id, "ready_to_send", outcome.message_id))
-                self.stats.queued += 1
-            else:
-                recorded, summary = _rejected(outcome)
-                self.buffer.append(recorded)
-                self.stats.failed_by_reason[summary] += 1
-        if len(self.buffer) >= self.window:
+    def add_batch(self, result: BatchResult) -> None:
+        self.outcomes.add_sent(result.accepted_ids, result.message_ids)
+        self.stats.queued += len(result.accepted_ids)
+        for id_, code, message in result.rejected:
+            summary = f"SQS rejected the message ({code})"
+            self.outcomes.add_failed([id_], [f"{summary}: {message}" if message else summary])
+            self.stats.failed_by_reason[summary] += 1
+        if len(self.outcomes) >= self.window:
             self.flush()
 
     def add_invalid(self, invalid: pl.DataFrame) -> None:
-        self.buffer += [
-            Outcome(id_, "failed", failure_reason=reason)
-            for id_, reason in invalid.select("id", "failure_reason").iter_rows()
-        ]
+        if invalid.is_empty():
+            return
+        self.outcomes.add_failed(invalid["id"].to_list(), invalid["failure_reason"].to_list())
         for reason, count in invalid.group_by("failure_reason").len().iter_rows():
             self.stats.failed_by_reason[reason] += count
         self.flush()
 
     def flush(self) -> None:
-        if self.buffer:
+        if len(self.outcomes):
             self.lease_held = self.store.record_outcomes(
-                self.campaign_id, self.run_id, self.buffer, self.lease_seconds
+                self.campaign_id, self.run_id, self.outcomes, self.lease_seconds
             )
-            self.buffer = []
+            self.outcomes = Outcomes()
 
 
 def _batches(
     valid: pl.DataFrame, max_bytes: int, keep_going: Callable[[], bool]
-) -> Iterator[list[OutboundMessage]]:
+) -> Iterator[tuple[list[str], list[str]]]:
     ids = valid["id"].to_list()
     bodies = valid["payload"].to_list()
     for batch in batch_slices(valid["payload"].str.len_bytes().to_numpy(), max_bytes):
         if not keep_going():
             return
-        yield [OutboundMessage(*pair) for pair in zip(ids[batch], bodies[batch], strict=True)]
+        yield ids[batch], bodies[batch]
 
 
 def queue_campaign_messages(
@@ -140,7 +131,7 @@ def queue_campaign_messages(
         for result in queue.send_batches(message.campaign_id, batches):
             stats.batches += 1
             stats.retried_entries += result.retried_entries
-            recorder.add_batch(result.outcomes)
+            recorder.add_batch(result)
             error = error or result.error
         recorder.flush()
         stats.seconds = time.perf_counter() - started

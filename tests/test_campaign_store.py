@@ -11,7 +11,7 @@ from campaign_pipeline.resources.campaign_store import (
     CampaignNotFound,
     CampaignNotProcessable,
     CampaignStore,
-    Outcome,
+    Outcomes,
     normalise_database_url,
 )
 from campaign_pipeline.schema import campaign_audience
@@ -36,6 +36,13 @@ def add_recipients(store: CampaignStore, campaign_id: str, count: int) -> None:
     store.add_recipients(
         campaign_id, [{"phone_number": f"+1555{i:07d}", "name": f"R{i}"} for i in range(count)]
     )
+
+
+def outcomes(sent: dict[str, str] | None = None, failed: dict[str, str] | None = None) -> Outcomes:
+    result = Outcomes()
+    result.add_sent(list(sent or {}), list((sent or {}).values()))
+    result.add_failed(list(failed or {}), list((failed or {}).values()))
+    return result
 
 
 def statuses(store: CampaignStore, campaign_id: str) -> dict[str, str]:
@@ -137,15 +144,9 @@ def test_outcomes_are_written_once_and_never_overwritten(store: CampaignStore) -
     store.claim(campaign_id, "run-1", lease_seconds=60)
     first, second, third = sorted(statuses(store, campaign_id))
     assert store.record_outcomes(
-        campaign_id,
-        "run-1",
-        [
-            Outcome(first, "ready_to_send", "m-1"),
-            Outcome(second, "failed", failure_reason=INJECTION),
-        ],
-        lease_seconds=60,
+        campaign_id, "run-1", outcomes(sent={first: "m-1"}, failed={second: INJECTION}), 60
     )
-    store.record_outcomes(campaign_id, "run-1", [Outcome(first, "failed", failure_reason="x")], 60)
+    store.record_outcomes(campaign_id, "run-1", outcomes(failed={first: "x"}), 60)
     with store.engine.connect() as connection:
         rows = {
             r.id: r
@@ -167,7 +168,7 @@ def test_recording_reports_a_lost_lease(store: CampaignStore) -> None:
     store.claim(campaign_id, "run-2", lease_seconds=60)
     (recipient,) = statuses(store, campaign_id)
     assert not store.record_outcomes(
-        campaign_id, "run-1", [Outcome(recipient, "ready_to_send", "m-1")], lease_seconds=60
+        campaign_id, "run-1", outcomes(sent={recipient: "m-1"}), lease_seconds=60
     )
     assert statuses(store, campaign_id)[recipient] == "ready_to_send"
 
@@ -179,10 +180,7 @@ def test_finish_stores_counts_and_releases(store: CampaignStore) -> None:
     store.claim(campaign_id, "run-1", lease_seconds=60)
     first, second, _ = sorted(statuses(store, campaign_id))
     store.record_outcomes(
-        campaign_id,
-        "run-1",
-        [Outcome(first, "ready_to_send", "m"), Outcome(second, "failed", failure_reason="r")],
-        60,
+        campaign_id, "run-1", outcomes(sent={first: "m"}, failed={second: "r"}), 60
     )
     assert store.finish(campaign_id, "run-1") == {"pending": 1, "ready_to_send": 1, "failed": 1}
     row = store.get_campaign(campaign_id)

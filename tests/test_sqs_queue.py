@@ -11,7 +11,7 @@ import pytest
 from botocore.stub import Stubber
 
 from campaign_pipeline.resources.sqs_queue import (
-    OutboundMessage,
+    BatchResult,
     SqsQueue,
     backoff_seconds,
     is_retryable,
@@ -23,8 +23,13 @@ from tests.fault_proxy import FaultProxy
 CAMPAIGN_ID = "123e4567-e89b-12d3-a456-426614174001"
 
 
-def messages(count: int, prefix: str = "a") -> list[OutboundMessage]:
-    return [OutboundMessage(f"{prefix}{i}", json.dumps({"n": i})) for i in range(count)]
+def messages(count: int, prefix: str = "a") -> tuple[list[str], list[str]]:
+    """(ids, bodies) of `count` messages."""
+    return [f"{prefix}{i}" for i in range(count)], [json.dumps({"n": i}) for i in range(count)]
+
+
+def accepted(result: BatchResult) -> dict[str, str]:
+    return dict(zip(result.accepted_ids, result.message_ids, strict=True))
 
 
 def stubbed_queue(**fields: object) -> tuple[SqsQueue, Stubber]:
@@ -94,15 +99,10 @@ def test_send_batch_retries_only_retryable_entries_and_never_resends_accepted() 
         batch_request(["a1", "a2"]),
     )
     with stubber:
-        result = queue.send_batch(CAMPAIGN_ID, messages(4))
+        result = queue.send_batch(CAMPAIGN_ID, *messages(4))
     stubber.assert_no_pending_responses()
-    by_id = {o.id: o for o in result.outcomes}
-    assert {i: o.message_id for i, o in by_id.items() if o.accepted} == {
-        "a0": "m0",
-        "a1": "m1",
-        "a2": "m2",
-    }
-    assert by_id["a3"].error_code == "InvalidMessageContents"
+    assert accepted(result) == {"a0": "m0", "a1": "m1", "a2": "m2"}
+    assert result.rejected == [("a3", "InvalidMessageContents", "no")]
     assert result.retried_entries == 2
     assert result.error is None
 
@@ -117,9 +117,10 @@ def test_send_batch_gives_up_after_max_entry_retries() -> None:
     for _ in range(3):
         stubber.add_response("send_message_batch", failure, batch_request(["a0"]))
     with stubber:
-        result = queue.send_batch(CAMPAIGN_ID, messages(1))
+        result = queue.send_batch(CAMPAIGN_ID, *messages(1))
     stubber.assert_no_pending_responses()
-    assert [(o.id, o.error_code) for o in result.outcomes] == [("a0", "InternalError")]
+    assert result.rejected == [("a0", "InternalError", "")]
+    assert not result.accepted_ids
     assert result.retried_entries == 2
 
 
@@ -136,8 +137,9 @@ def test_send_batch_keeps_known_outcomes_when_the_api_fails() -> None:
     )
     stubber.add_client_error("send_message_batch", "AccessDenied", http_status_code=403)
     with stubber:
-        result = queue.send_batch(CAMPAIGN_ID, messages(2))
-    assert [(o.id, o.message_id) for o in result.outcomes] == [("a0", "m0")]
+        result = queue.send_batch(CAMPAIGN_ID, *messages(2))
+    assert accepted(result) == {"a0": "m0"}
+    assert not result.rejected
     assert result.error is not None
 
 
@@ -154,16 +156,16 @@ def test_fifo_entries_carry_campaign_group_and_deduplication_ids(
 ) -> None:
     """On a FIFO queue the group is the campaign and a resend within 5 minutes is dropped."""
     queue = make_sqs_queue(fifo=True)
-    first = queue.send_batch(CAMPAIGN_ID, messages(3))
-    again = queue.send_batch(CAMPAIGN_ID, messages(3))
-    assert all(o.accepted for o in first.outcomes + again.outcomes)
+    first = queue.send_batch(CAMPAIGN_ID, *messages(3))
+    again = queue.send_batch(CAMPAIGN_ID, *messages(3))
+    assert len(first.accepted_ids) == len(again.accepted_ids) == 3
     received = drain(sqs_client, queue.queue_url)
     assert len(received) == 3
     assert {m["Attributes"]["MessageGroupId"] for m in received} == {CAMPAIGN_ID}
     assert {m["Attributes"]["MessageDeduplicationId"] for m in received} == {
         f"{CAMPAIGN_ID}:a{i}" for i in range(3)
     }
-    assert {o.message_id for o in first.outcomes} == {m["MessageId"] for m in received}
+    assert set(first.message_ids) == {m["MessageId"] for m in received}
 
 
 def test_fifo_group_id_comes_from_sqs_message_group_id(
@@ -172,7 +174,7 @@ def test_fifo_group_id_comes_from_sqs_message_group_id(
     """SQS_MESSAGE_GROUP_ID replaces the per-campaign group."""
     monkeypatch.setenv("SQS_MESSAGE_GROUP_ID", "whatsapp-messages")
     queue = make_sqs_queue(fifo=True)
-    queue.send_batch(CAMPAIGN_ID, messages(2))
+    queue.send_batch(CAMPAIGN_ID, *messages(2))
     received = drain(sqs_client, queue.queue_url)
     assert {m["Attributes"]["MessageGroupId"] for m in received} == {"whatsapp-messages"}
 
@@ -182,8 +184,8 @@ def test_standard_queue_gets_plain_entries(
 ) -> None:
     """A standard queue takes the bodies as they are, without FIFO ids."""
     queue = make_sqs_queue(fifo=False)
-    result = queue.send_batch(CAMPAIGN_ID, messages(10))
-    assert sum(o.accepted for o in result.outcomes) == 10
+    result = queue.send_batch(CAMPAIGN_ID, *messages(10))
+    assert len(result.accepted_ids) == 10
     received = drain(sqs_client, queue.queue_url)
     assert sorted(json.loads(m["Body"])["n"] for m in received) == list(range(10))
     assert "MessageGroupId" not in received[0]["Attributes"]
@@ -206,8 +208,8 @@ def test_send_batches_yields_every_batch_with_concurrent_calls(
     batches = [messages(10, prefix=f"b{b}x") for b in range(6)]
     results = list(queue.send_batches(CAMPAIGN_ID, batches))
     assert len(results) == 6
-    ids = [o.id for r in results for o in r.outcomes if o.accepted]
-    assert sorted(ids) == sorted(m.id for batch in batches for m in batch)
+    ids = [i for r in results for i in r.accepted_ids]
+    assert sorted(ids) == sorted(i for batch_ids, _ in batches for i in batch_ids)
     assert len(drain(sqs_client, queue.queue_url)) == 60
 
 
@@ -225,10 +227,9 @@ def test_partial_batch_failure_against_the_real_endpoint(
 
     with FaultProxy(moto_endpoint, entry_fault=fault) as proxy:
         queue = make_sqs_queue(fifo=False, endpoint=proxy.url, retry_base_seconds=0)
-        result = queue.send_batch(CAMPAIGN_ID, messages(4))
-    by_id = {o.id: o for o in result.outcomes}
-    assert not by_id["a1"].accepted and by_id["a1"].error_code == "InvalidParameterValue"
-    assert all(by_id[i].accepted for i in ("a0", "a2", "a3"))
+        result = queue.send_batch(CAMPAIGN_ID, *messages(4))
+    assert [(i, code) for i, code, _ in result.rejected] == [("a1", "InvalidParameterValue")]
+    assert sorted(result.accepted_ids) == ["a0", "a2", "a3"]
     assert result.retried_entries == 1
     received = sorted(json.loads(m["Body"])["n"] for m in drain(sqs_client, queue.queue_url))
     assert received == [0, 2, 3]
@@ -244,4 +245,5 @@ def test_send_batches_stops_taking_batches_after_an_error(
         )
         results = list(queue.send_batches(CAMPAIGN_ID, [messages(10)] * 5))
     assert len(results) == 1
-    assert results[0].error is not None and not results[0].outcomes
+    assert results[0].error is not None
+    assert not results[0].accepted_ids and not results[0].rejected

@@ -3,7 +3,7 @@
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -79,14 +79,43 @@ class Claim:
     resumed: bool
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """The final state of one recipient: `ready_to_send` with a message id, or `failed`."""
+@dataclass
+class Outcomes:
+    """Final states of recipients as parallel columns: cheap to gather, sent as arrays.
 
-    id: str
-    status: str
-    sqs_message_id: str | None = None
-    failure_reason: str | None = None
+    `ready_to_send` rows carry the SQS message id, `failed` rows the reason.
+    """
+
+    ids: list[str] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
+    message_ids: list[str | None] = field(default_factory=list)
+    failure_reasons: list[str | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add_sent(self, ids: Sequence[str], message_ids: Sequence[str]) -> None:
+        """Recipients SQS accepted, with their message ids."""
+        self.ids += ids
+        self.statuses += ["ready_to_send"] * len(ids)
+        self.message_ids += message_ids
+        self.failure_reasons += [None] * len(ids)
+
+    def add_failed(self, ids: Sequence[str], reasons: Sequence[str]) -> None:
+        """Recipients that will not be sent, with why."""
+        self.ids += ids
+        self.statuses += ["failed"] * len(ids)
+        self.message_ids += [None] * len(ids)
+        self.failure_reasons += reasons
+
+    def rows(self, start: int, stop: int) -> dict[str, list[Any]]:
+        """Columns of rows `start` to `stop`, named as the SQL's parameters."""
+        return {
+            "ids": self.ids[start:stop],
+            "statuses": self.statuses[start:stop],
+            "message_ids": self.message_ids[start:stop],
+            "reasons": self.failure_reasons[start:stop],
+        }
 
 
 def default_database_url() -> str:
@@ -324,7 +353,7 @@ class CampaignStore(dg.ConfigurableResource):
         self,
         campaign_id: str,
         run_id: str,
-        outcomes: Sequence[Outcome],
+        outcomes: Outcomes,
         lease_seconds: float,
     ) -> bool:
         """Write outcomes of still-`pending` recipients in bulk and extend the run's lease.
@@ -335,27 +364,17 @@ class CampaignStore(dg.ConfigurableResource):
         now = _now()
         with self.engine.begin() as connection:
             for start in range(0, len(outcomes), ROWS_PER_STATEMENT):
-                self._update_audience(connection, outcomes[start : start + ROWS_PER_STATEMENT], now)
+                rows = outcomes.rows(start, start + ROWS_PER_STATEMENT)
+                self._update_audience(connection, rows, now)
             return self._extend_lease(
                 connection, campaign_id, run_id, now + timedelta(seconds=lease_seconds)
             )
 
     def _update_audience(
-        self, connection: sa.Connection, outcomes: Sequence[Outcome], now: datetime
+        self, connection: sa.Connection, rows: dict[str, list[Any]], now: datetime
     ) -> None:
-        if not outcomes:
-            return
         if connection.dialect.name == "postgresql":
-            connection.execute(
-                _UPDATE_FROM_ARRAYS,
-                {
-                    "ids": [o.id for o in outcomes],
-                    "statuses": [o.status for o in outcomes],
-                    "message_ids": [o.sqs_message_id for o in outcomes],
-                    "reasons": [o.failure_reason for o in outcomes],
-                    "now": now,
-                },
-            )
+            connection.execute(_UPDATE_FROM_ARRAYS, {**rows, "now": now})
             return
         # SQLite has no arrays; an in-process executemany is its fast path.
         connection.execute(
@@ -372,12 +391,12 @@ class CampaignStore(dg.ConfigurableResource):
             ),
             [
                 {
-                    "outcome_id": o.id,
-                    "outcome_status": o.status,
-                    "outcome_message_id": o.sqs_message_id,
-                    "outcome_reason": o.failure_reason,
+                    "outcome_id": id_,
+                    "outcome_status": status,
+                    "outcome_message_id": message_id,
+                    "outcome_reason": reason,
                 }
-                for o in outcomes
+                for id_, status, message_id, reason in zip(*rows.values(), strict=True)
             ],
         )
 

@@ -36,38 +36,18 @@ def mask_phone_numbers(text: str) -> str:
     return _PHONE_LIKE.sub(lambda match: "***" + re.sub(r"\D", "", match.group())[-2:], text)
 
 
-@dataclass(frozen=True)
-class OutboundMessage:
-    """One message to queue: the audience id (the batch entry id) and its JSON body."""
-
-    id: str
-    body: str
-
-
-@dataclass(frozen=True)
-class EntryOutcome:
-    """What SQS did with one entry: a message id when accepted, else its error."""
-
-    id: str
-    message_id: str | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-
-    @property
-    def accepted(self) -> bool:
-        """Whether SQS accepted the message."""
-        return self.message_id is not None
-
-
 @dataclass
 class BatchResult:
-    """The outcome of one batch after its retries.
+    """What SQS did with one batch, after its retries, as columns.
 
-    `outcomes` may cover fewer entries than were sent when `error` is set: the ones without an
-    outcome were never confirmed and must stay pending.
+    `accepted_ids[i]` was queued as `message_ids[i]`; `rejected` holds (id, error code, error
+    message) of entries SQS refused for good. When `error` is set (the API call itself failed past
+    its retries), entries in neither list were never confirmed and must stay pending.
     """
 
-    outcomes: list[EntryOutcome] = field(default_factory=list)
+    accepted_ids: list[str] = field(default_factory=list)
+    message_ids: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str, str]] = field(default_factory=list)
     retried_entries: int = 0
     error: Exception | None = None
 
@@ -156,28 +136,32 @@ class SqsQueue(dg.ConfigurableResource):
             self._max_message_bytes = int(self.attributes()["MaximumMessageSize"])
         return self._max_message_bytes
 
-    def _entries(self, campaign_id: str, messages: Sequence[OutboundMessage]) -> list[dict]:
+    def _entries(
+        self, campaign_id: str, ids: Sequence[str], bodies: Sequence[str]
+    ) -> list[dict[str, str]]:
         if not self.is_fifo:
-            return [{"Id": m.id, "MessageBody": m.body} for m in messages]
+            return [{"Id": i, "MessageBody": b} for i, b in zip(ids, bodies, strict=True)]
         group_id = self.message_group_id or os.environ.get(GROUP_ID_VARIABLE) or campaign_id
         # A resend of the same recipient within SQS's 5-minute window is dropped by SQS.
         return [
             {
-                "Id": m.id,
-                "MessageBody": m.body,
+                "Id": i,
+                "MessageBody": b,
                 "MessageGroupId": group_id,
-                "MessageDeduplicationId": f"{campaign_id}:{m.id}",
+                "MessageDeduplicationId": f"{campaign_id}:{i}",
             }
-            for m in messages
+            for i, b in zip(ids, bodies, strict=True)
         ]
 
-    def send_batch(self, campaign_id: str, messages: Sequence[OutboundMessage]) -> BatchResult:
-        """Send up to ten messages, retrying only the entries SQS failed for a passing reason.
+    def send_batch(
+        self, campaign_id: str, ids: Sequence[str], bodies: Sequence[str]
+    ) -> BatchResult:
+        """Send up to ten messages (entry Id = audience id), retrying only passing failures.
 
         Accepted entries are never sent again. An API error that outlasts botocore's retries
         ends the batch with `error` set, keeping the outcomes already known.
         """
-        entries = {entry["Id"]: entry for entry in self._entries(campaign_id, messages)}
+        entries = {entry["Id"]: entry for entry in self._entries(campaign_id, ids, bodies)}
         result = BatchResult()
         to_send = list(entries.values())
         for attempt in range(self.max_entry_retries + 1):
@@ -186,22 +170,17 @@ class SqsQueue(dg.ConfigurableResource):
             except Exception as error:  # the caller decides; unconfirmed entries stay pending
                 result.error = error
                 return result
-            result.outcomes += [
-                EntryOutcome(id=item["Id"], message_id=item["MessageId"])
-                for item in response.get("Successful", [])
-            ]
-            retry: list[dict] = []
+            for item in response.get("Successful", []):
+                result.accepted_ids.append(item["Id"])
+                result.message_ids.append(item["MessageId"])
+            retry: list[dict[str, str]] = []
             for failure in response.get("Failed", []):
                 if is_retryable(failure) and attempt < self.max_entry_retries:
                     retry.append(entries[failure["Id"]])
                 else:
-                    result.outcomes.append(
-                        EntryOutcome(
-                            id=failure["Id"],
-                            error_code=failure.get("Code", "Unknown"),
-                            error_message=mask_phone_numbers(failure.get("Message", "")),
-                        )
-                    )
+                    code = failure.get("Code", "Unknown")
+                    message = mask_phone_numbers(failure.get("Message", ""))
+                    result.rejected.append((failure["Id"], code, message))
             if not retry:
                 break
             result.retried_entries += len(retry)
@@ -210,9 +189,9 @@ class SqsQueue(dg.ConfigurableResource):
         return result
 
     def send_batches(
-        self, campaign_id: str, batches: Iterable[Sequence[OutboundMessage]]
+        self, campaign_id: str, batches: Iterable[tuple[Sequence[str], Sequence[str]]]
     ) -> Iterator[BatchResult]:
-        """Send batches with up to `max_concurrent_batches` in flight; yield results as they end.
+        """Send (ids, bodies) batches, several in flight; yield each result as it ends.
 
         Stops taking new batches after the first result with an error, and yields the batches
         still in flight before returning, so no confirmed outcome is lost.
@@ -228,7 +207,7 @@ class SqsQueue(dg.ConfigurableResource):
                     batch = next(batch_iter, None)
                     if batch is None:
                         break
-                    in_flight.append(pool.submit(self.send_batch, campaign_id, batch))
+                    in_flight.append(pool.submit(self.send_batch, campaign_id, *batch))
                 if not in_flight:
                     return
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
