@@ -328,8 +328,17 @@ def cmd_process(args: argparse.Namespace) -> int:
 
     job = defs.get_job_def(JOB_NAME)
     with dg.DagsterInstance.get() as instance:
+        run_config = _with_console_log_level(campaign_run_config(campaign_id), _log_level(args))
+        if args.max_concurrent_batches:
+            # Configuring a resource at launch takes all its required fields, as variable names.
+            sqs_config = {
+                "queue_url": {"env": QUEUE_URL_VARIABLE},
+                "region_name": {"env": REGION_VARIABLE},
+                "max_concurrent_batches": args.max_concurrent_batches,
+            }
+            run_config["resources"] = {"sqs_queue": {"config": sqs_config}}
         result = job.execute_in_process(
-            run_config=_with_console_log_level(campaign_run_config(campaign_id), _log_level(args)),
+            run_config=run_config,
             tags=campaign_tags(campaign_id, campaign["organization_id"]),
             instance=instance,
             raise_on_error=False,
@@ -580,6 +589,11 @@ def build_parser() -> argparse.ArgumentParser:
         "in the Dagster instance at $DAGSTER_HOME (default ./.dagster).",
     )
     process.add_argument("campaign_id", metavar="CAMPAIGN_ID", help="UUID of the campaign")
+    process.add_argument(
+        "--max-concurrent-batches",
+        type=_whole_number(1, 64),
+        help="SendMessageBatch calls in flight at once (default: the resource's, 8)",
+    )
     process.set_defaults(handler=cmd_process)
 
     messages = commands.add_parser(

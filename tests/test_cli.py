@@ -181,10 +181,15 @@ def test_process_accounts_for_every_recipient_on_postgresql(
         "AWS_SQS_QUEUE_URL": make_queue(fifo=False),
     }
 
-    result = run_cli("process", campaign_id, env=env, cwd=tmp_path)
+    result = run_cli("process", "--max-concurrent-batches", "2", campaign_id, env=env, cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
     assert f"campaign {campaign_id}: 280 queued, 20 failed, 0 pending" in result.stdout
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        (run,) = instance.get_runs()
+    sqs_config = run.run_config["resources"]["sqs_queue"]["config"]
+    assert sqs_config["max_concurrent_batches"] == 2
+    assert sqs_config["queue_url"] == {"env": "AWS_SQS_QUEUE_URL"}
     assert postgres_store.count_recipients(campaign_id) == {
         "pending": 0,
         "ready_to_send": 280,
