@@ -39,6 +39,7 @@ from campaign_pipeline.demo import (
     seed_demo_campaigns,
     stop_process,
 )
+from campaign_pipeline.dispatch import merge_stats
 from campaign_pipeline.resources.campaign_store import (
     DATABASE_URL_VARIABLE,
     CampaignStore,
@@ -347,7 +348,7 @@ def cmd_process(args: argparse.Namespace) -> int:
         _err(f"{PROG}: run {result.run_id} failed in {_failure_description(result)}")
         return 1
     counts = result.output_for_node("complete_campaign")
-    stats = result.output_for_node("send_campaign_messages")
+    stats = merge_stats(result.output_for_node("send_campaign_messages").values())
     _out(
         f"run {result.run_id} campaign {campaign_id}: {counts['ready_to_send']} queued, "
         f"{counts['failed']} failed, {counts['pending']} pending in {stats.seconds:.2f} s "
@@ -437,7 +438,7 @@ def _demo_once(args: argparse.Namespace, campaign_ids: Sequence[str], queue_url:
                     raise_on_error=False,
                 )
                 if result.success:
-                    stats = result.output_for_node("send_campaign_messages")
+                    stats = merge_stats(result.output_for_node("send_campaign_messages").values())
                     reasons.update(stats.failed_by_reason)
                 else:
                     failures.append(f"run {result.run_id} failed in {_failure_description(result)}")

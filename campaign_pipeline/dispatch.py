@@ -8,14 +8,14 @@ not yet written; those recipients stay `pending` for the next run.
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import polars as pl
 
 from campaign_pipeline.batching import batch_slices
 from campaign_pipeline.payloads import CampaignMessage, build_payloads
-from campaign_pipeline.resources.campaign_store import CampaignStore, Outcomes
+from campaign_pipeline.resources.campaign_store import CampaignStore, IdRange, Outcomes
 from campaign_pipeline.resources.sqs_queue import BatchResult, SqsQueue
 
 
@@ -39,6 +39,19 @@ class SendStats:
     def messages_per_second(self) -> float:
         """Recipients handled (queued or failed) per second of wall time."""
         return (self.queued + self.failed) / self.seconds if self.seconds else 0.0
+
+
+def merge_stats(parts: Iterable[SendStats]) -> SendStats:
+    """The stats of several send steps as one (their durations overlap: the longest counts)."""
+    total = SendStats()
+    for part in parts:
+        total.recipients += part.recipients
+        total.queued += part.queued
+        total.failed_by_reason += part.failed_by_reason
+        total.batches += part.batches
+        total.retried_entries += part.retried_entries
+        total.seconds = max(total.seconds, part.seconds)
+    return total
 
 
 class SendInterrupted(Exception):
@@ -108,6 +121,7 @@ def queue_campaign_messages(
     recipients_per_chunk: int,
     outcomes_per_write: int,
     lease_seconds: float,
+    id_range: IdRange | None = None,
     on_chunk: Callable[[SendStats], None] = lambda stats: None,
 ) -> SendStats:
     """Queue every pending recipient of the campaign; return what happened.
@@ -121,7 +135,8 @@ def queue_campaign_messages(
         store, message.campaign_id, run_id, lease_seconds, outcomes_per_write, stats
     )
     max_bytes = queue.max_message_bytes()
-    for chunk in store.iter_pending_recipients(message.campaign_id, recipients_per_chunk):
+    chunks = store.iter_pending_recipients(message.campaign_id, recipients_per_chunk, id_range)
+    for chunk in chunks:
         built = build_payloads(message, chunk, max_bytes)
         stats.recipients += built.height
         recorder.add_invalid(built.filter(pl.col("failure_reason").is_not_null()))
@@ -141,7 +156,8 @@ def queue_campaign_messages(
             ) from error
         if not recorder.lease_held:
             raise SendInterrupted(
-                f"run {run_id} lost its lease on campaign {message.campaign_id} to another run",
+                f"run {run_id} no longer holds campaign {message.campaign_id} (another run took "
+                "it over, or another step of this run failed and released it)",
                 stats,
             )
         on_chunk(stats)

@@ -4,7 +4,11 @@ import dagster as dg
 
 from campaign_pipeline.jobs import campaign_run_config, campaign_tags, process_campaign_messages
 from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.settings import campaign_batch_size, campaign_processing_interval_seconds
+from campaign_pipeline.settings import (
+    campaign_batch_size,
+    campaign_processing_interval_seconds,
+    campaign_send_processes,
+)
 
 
 @dg.sensor(
@@ -19,6 +23,7 @@ def asset_generated_campaigns_sensor(
 ) -> dg.SensorResult | dg.SkipReason:
     """One run request per waiting campaign, at most CAMPAIGN_BATCH_SIZE per tick."""
     limit = campaign_batch_size()
+    processes = campaign_send_processes()
     waiting = campaign_store.campaigns_to_process(limit)
     if not waiting:
         return dg.SkipReason("No campaign is in asset_generated.")
@@ -29,7 +34,7 @@ def asset_generated_campaigns_sensor(
                 # The version changes whenever this pipeline changes the campaign's status, so a
                 # campaign set back to asset_generated after processing is processed again.
                 run_key=f"{campaign.id}:v{campaign.version}",
-                run_config=campaign_run_config(campaign.id),
+                run_config=campaign_run_config(campaign.id, processes),
                 tags=campaign_tags(campaign.id, campaign.organization_id),
             )
             for campaign in waiting

@@ -28,3 +28,8 @@ def campaign_batch_size() -> int:
 def campaign_processing_interval_seconds() -> int:
     """CAMPAIGN_PROCESSING_INTERVAL (ms, default 30000) as the sensor's interval in seconds."""
     return max(1, round(_positive_int("CAMPAIGN_PROCESSING_INTERVAL", 30_000) / 1000))
+
+
+def campaign_send_processes() -> int:
+    """CAMPAIGN_SEND_PROCESSES: send steps of one run at once (default 1: all in one process)."""
+    return _positive_int("CAMPAIGN_SEND_PROCESSES", 1)

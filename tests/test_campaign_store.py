@@ -1,5 +1,6 @@
 """The campaign store on SQLite and PostgreSQL: schema, claim and lease, streaming, outcomes."""
 
+import json
 import time
 from datetime import UTC, datetime
 
@@ -210,3 +211,44 @@ def test_injection_strings_are_stored_verbatim(store: CampaignStore) -> None:
     assert (row["template_name"], row["caption"]) == (INJECTION, INJECTION)
     (chunk,) = store.iter_pending_recipients(campaign_id, 10)
     assert chunk.row(0)[1:3] == (INJECTION, INJECTION)
+
+
+HOSTILE = ['say "hi", then\nleave', "", "עברית 😀 \\ back", "a,b;c\r\nd", None]
+
+
+def test_pending_recipients_read_back_exactly(store: CampaignStore) -> None:
+    """Quotes, commas, newlines, unicode, empty and null values survive the read (COPY on PG)."""
+    campaign_id = add_template_campaign(store)
+    store.add_recipients(
+        campaign_id,
+        [
+            {"id": f"r{i}", "phone_number": text, "name": text, "attributes": {"k": text}}
+            for i, text in enumerate(HOSTILE)
+        ],
+    )
+    (chunk,) = store.iter_pending_recipients(campaign_id, chunk_size=100)
+    assert chunk["phone_number"].to_list() == HOSTILE
+    assert chunk["name"].to_list() == HOSTILE
+    assert [json.loads(a)["k"] for a in chunk["attributes"]] == HOSTILE
+
+
+@pytest.mark.parametrize(
+    ("count", "size", "expected"), [(10, 4, [4, 4, 2]), (8, 4, [4, 4]), (3, 5, [3])]
+)
+def test_id_ranges_split_pending_recipients(
+    store: CampaignStore, count: int, size: int, expected: list[int]
+) -> None:
+    """Ranges are consecutive, cover every pending recipient once and hold `size` each."""
+    campaign_id = add_template_campaign(store)
+    add_recipients(store, campaign_id, count)
+    ranges = store.id_ranges(campaign_id, size)
+    chunks = [
+        [
+            i
+            for chunk in store.iter_pending_recipients(campaign_id, 3, id_range)
+            for i in chunk["id"]
+        ]
+        for id_range in ranges
+    ]
+    assert [len(ids) for ids in chunks] == expected
+    assert [i for ids in chunks for i in ids] == sorted(statuses(store, campaign_id))

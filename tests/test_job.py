@@ -9,12 +9,14 @@ import json
 import threading
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from campaign_pipeline.jobs import process_campaign_messages
+from campaign_pipeline.dispatch import SendStats, merge_stats
+from campaign_pipeline.jobs import campaign_run_config, process_campaign_messages
 from campaign_pipeline.ops import CampaignConfig
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
@@ -101,6 +103,11 @@ def run_job(
         resources={"campaign_store": store, "sqs_queue": queue},
         raise_on_error=False,
     )
+
+
+def sent(result: dg.ExecuteInProcessResult) -> SendStats:
+    """What the run's send steps did, all shards together."""
+    return merge_stats(result.output_for_node("send_campaign_messages").values())
 
 
 def add_campaign(store: CampaignStore, recipients: int, invalid: int = 0, **fields: object) -> str:
@@ -214,7 +221,7 @@ def test_send_metadata_has_counts_and_no_phone_numbers(
         event.step_key: event.event_specific_data.metadata
         for event in result.all_node_events
         if event.event_type == dg.DagsterEventType.STEP_OUTPUT
-    }["send_campaign_messages"]
+    }["send_campaign_messages[shard_0]"]
     assert metadata["queued"].value == 12
     assert metadata["failed"].value == 1
     assert metadata["batches"].value == 2
@@ -253,7 +260,7 @@ def test_partial_batch_failure_marks_rejected_recipients_failed(
         rows[i].failure_reason == "SQS rejected the message (InvalidMessageContents): injected"
         for i in rejected
     )
-    stats = result.output_for_node("send_campaign_messages")
+    stats = sent(result)
     assert stats.retried_entries == 3
     assert_accounted_for(postgres_store, campaign_id, drain(sqs_client, queue.queue_url))
 
@@ -268,7 +275,7 @@ def test_rerun_after_success_sends_nothing(
     assert len(drain(sqs_client, queue.queue_url)) == 5
     again = run_job(postgres_store, queue, campaign_id)
     assert again.success
-    assert again.output_for_node("send_campaign_messages").recipients == 0
+    assert sent(again).recipients == 0
     assert drain(sqs_client, queue.queue_url) == []
 
 
@@ -303,7 +310,7 @@ def test_rerun_after_sqs_outage_sends_only_the_rest(
     )
     rerun = run_job(postgres_store, direct, campaign_id)
     assert rerun.success
-    assert rerun.output_for_node("send_campaign_messages").queued == 25
+    assert sent(rerun).queued == 25
     assert_accounted_for(postgres_store, campaign_id, first + drain(sqs_client, queue.queue_url))
 
 
@@ -331,7 +338,7 @@ def test_two_runs_at_once_do_not_double_send(
             thread.join()
     (winner,) = (r for r in results if r.success)
     (loser,) = (r for r in results if not r.success)
-    assert winner.output_for_node("send_campaign_messages").queued == 60
+    assert sent(winner).queued == 60
     assert "is being processed by run" in failure_message(loser)
     received = drain(sqs_client, queue.queue_url)
     assert len(received) == 60
@@ -372,3 +379,59 @@ def test_unknown_message_type_marks_the_campaign_failed(
     assert campaign["status"] == "failed"
     assert "unknown message type 'sticker'" in campaign["last_error"]
     assert {r.status for r in audience(sqlite_store, campaign_id).values()} == {"pending"}
+
+
+def definitions_job() -> dg.JobDefinition:
+    """The job as the code location defines it, resources from the environment."""
+    from campaign_pipeline.definitions import defs
+
+    return defs.get_job_def("process_campaign_messages")
+
+
+def test_shards_cover_every_recipient_once(
+    postgres_store: CampaignStore, make_sqs_queue: Callable[..., SqsQueue], sqs_client: object
+) -> None:
+    """A campaign cut into shards of ten: one send step each, every recipient queued once."""
+    campaign_id = add_campaign(postgres_store, recipients=25, invalid=1)
+    queue = make_sqs_queue(fifo=False)
+    result = run_job(postgres_store, queue, campaign_id, recipients_per_shard=10)
+    assert result.success
+    assert sorted(result.output_for_node("send_campaign_messages")) == [
+        "shard_0",
+        "shard_1",
+        "shard_2",
+    ]
+    assert sent(result).queued == 25
+    assert_accounted_for(postgres_store, campaign_id, drain(sqs_client, queue.queue_url))
+
+
+def test_shards_run_in_parallel_processes(
+    postgres_store: CampaignStore,
+    postgres_url: str,
+    make_queue: Callable[..., str],
+    moto_endpoint: str,
+    sqs_client: object,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Under the multiprocess executor, with the code location's own resources, shards all land."""
+    campaign_id = add_campaign(postgres_store, recipients=30)
+    queue_url = make_queue(fifo=True)
+    monkeypatch.setenv("CAMPAIGN_DATABASE_URL", postgres_url)
+    monkeypatch.setenv("AWS_SQS_QUEUE_URL", queue_url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", moto_endpoint)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent.parent))
+    run_config = campaign_run_config(campaign_id, processes=2, recipients_per_shard=15)
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        result = dg.execute_job(
+            dg.reconstructable(definitions_job), instance=instance, run_config=run_config
+        )
+        assert result.success
+        pids = {
+            entry.dagster_event.pid
+            for entry in instance.all_logs(result.run_id, of_type=dg.DagsterEventType.STEP_START)
+            if entry.step_key.startswith("send_campaign_messages")
+        }
+    assert len(pids) == 2
+    assert postgres_store.count_recipients(campaign_id)["ready_to_send"] == 30
+    assert_accounted_for(postgres_store, campaign_id, drain(sqs_client, queue_url))

@@ -2,16 +2,20 @@
 
 from campaign_pipeline.ops.process_campaign import (
     CampaignConfig,
+    CampaignShard,
     ClaimedCampaign,
     claim_campaign,
     complete_campaign,
+    plan_shards,
     send_campaign_messages,
 )
 
 __all__ = [
     "CampaignConfig",
+    "CampaignShard",
     "ClaimedCampaign",
     "claim_campaign",
     "complete_campaign",
+    "plan_shards",
     "send_campaign_messages",
 ]

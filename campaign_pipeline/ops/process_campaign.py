@@ -1,19 +1,29 @@
 """Ops that claim a campaign, queue its messages on SQS and record the result."""
 
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field
 
-from campaign_pipeline.dispatch import SendInterrupted, SendStats, queue_campaign_messages
+from campaign_pipeline.dispatch import (
+    SendInterrupted,
+    SendStats,
+    merge_stats,
+    queue_campaign_messages,
+)
 from campaign_pipeline.payloads import (
     CampaignDefinitionError,
     CampaignMessage,
     check_campaign_message,
 )
-from campaign_pipeline.resources.campaign_store import CampaignStore, CampaignStoreError
+from campaign_pipeline.resources.campaign_store import (
+    CampaignStore,
+    CampaignStoreError,
+    IdRange,
+)
 from campaign_pipeline.resources.sqs_queue import SqsQueue
 
 # A dropped database connection is worth another try; anything else about the database is not.
@@ -38,6 +48,12 @@ class CampaignConfig(dg.Config):
         description="How long the run's claim on the campaign outlives its last write; "
         "a crashed run's campaign can be resumed after this.",
     )
+    recipients_per_shard: int = Field(
+        default=250_000,
+        ge=1,
+        description="Pending recipients per send step. Steps run in parallel under the "
+        "multiprocess (or a distributed) executor; keep shards coarse, each step costs seconds.",
+    )
 
 
 @dataclass(frozen=True)
@@ -49,11 +65,20 @@ class ClaimedCampaign:
     recipients_per_chunk: int
     outcomes_per_write: int
     lease_seconds: float
+    recipients_per_shard: int
 
     @property
     def id(self) -> str:
         """The campaign's id."""
         return self.message.campaign_id
+
+
+@dataclass(frozen=True)
+class CampaignShard:
+    """The pending recipients of a claimed campaign that one send step handles."""
+
+    campaign: ClaimedCampaign
+    id_range: IdRange
 
 
 def _send_metadata(stats: SendStats, queue_url: str) -> dict[str, dg.MetadataValue]:
@@ -119,17 +144,33 @@ def claim_campaign(
         recipients_per_chunk=config.recipients_per_chunk,
         outcomes_per_write=config.outcomes_per_write,
         lease_seconds=config.lease_seconds,
+        recipients_per_shard=config.recipients_per_shard,
     )
+
+
+@dg.op(out=dg.DynamicOut(CampaignShard))
+def plan_shards(
+    context: dg.OpExecutionContext, campaign: ClaimedCampaign, campaign_store: CampaignStore
+) -> Iterator[dg.DynamicOutput[CampaignShard]]:
+    """Split the pending recipients into id ranges, one send step each."""
+    try:
+        id_ranges = campaign_store.id_ranges(campaign.id, campaign.recipients_per_shard)
+    except TRANSIENT_DATABASE_ERRORS as error:
+        raise dg.RetryRequested(max_retries=3, seconds_to_wait=2) from error
+    context.log.info(f"Campaign {campaign.id}: {len(id_ranges)} shards")
+    for index, id_range in enumerate(id_ranges):
+        yield dg.DynamicOutput(CampaignShard(campaign, id_range), mapping_key=f"shard_{index}")
 
 
 @dg.op
 def send_campaign_messages(
     context: dg.OpExecutionContext,
-    campaign: ClaimedCampaign,
+    shard: CampaignShard,
     campaign_store: CampaignStore,
     sqs_queue: SqsQueue,
 ) -> SendStats:
     """Build each pending recipient's payload and queue it on SQS in batches of ten."""
+    campaign = shard.campaign
 
     def log_progress(stats: SendStats) -> None:
         context.log.info(
@@ -145,6 +186,7 @@ def send_campaign_messages(
             recipients_per_chunk=campaign.recipients_per_chunk,
             outcomes_per_write=campaign.outcomes_per_write,
             lease_seconds=campaign.lease_seconds,
+            id_range=shard.id_range,
             on_chunk=log_progress,
         )
     except SendInterrupted as error:
@@ -168,15 +210,22 @@ def send_campaign_messages(
 def complete_campaign(
     context: dg.OpExecutionContext,
     campaign: ClaimedCampaign,
-    stats: SendStats,
+    shard_stats: list[SendStats],
     campaign_store: CampaignStore,
 ) -> dict[str, int]:
     """Store the campaign's final counts and release it; fail if any recipient is still pending."""
+    stats = merge_stats(shard_stats)
     try:
         counts = campaign_store.finish(campaign.id, context.run_id)
     except TRANSIENT_DATABASE_ERRORS as error:
         raise dg.RetryRequested(max_retries=3, seconds_to_wait=2) from error
-    metadata = {status: dg.MetadataValue.int(count) for status, count in counts.items()}
+    metadata: dict[str, dg.MetadataValue] = {
+        status: dg.MetadataValue.int(count) for status, count in counts.items()
+    }
+    metadata["this_run"] = dg.MetadataValue.md(
+        f"{stats.queued} queued and {stats.failed} failed by {len(shard_stats)} send steps, "
+        f"{stats.batches} batches, {stats.retried_entries} entries retried"
+    )
     if counts["pending"]:
         raise dg.Failure(
             description=f"{counts['pending']} recipients of campaign {campaign.id} are still "

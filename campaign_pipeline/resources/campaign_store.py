@@ -1,5 +1,6 @@
 """The database of campaigns and their audiences, spoken to in the pipeline's own verbs."""
 
+import io
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -14,7 +15,12 @@ import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
 from sqlalchemy.dialects import postgresql
 
-from campaign_pipeline.payloads import CampaignMessage, parse_template_parameters, recipients_frame
+from campaign_pipeline.payloads import (
+    RECIPIENT_SCHEMA,
+    CampaignMessage,
+    parse_template_parameters,
+    recipients_frame,
+)
 from campaign_pipeline.schema import campaign_audience, campaigns, metadata
 
 DATABASE_URL_VARIABLE = "CAMPAIGN_DATABASE_URL"
@@ -77,6 +83,65 @@ class Claim:
     message: CampaignMessage
     name: str
     resumed: bool
+
+
+@dataclass(frozen=True)
+class IdRange:
+    """Recipients with `after < id <= upto` (no upper bound when `upto` is None)."""
+
+    after: str = ""
+    upto: str | None = None
+
+
+def _pending_query(bounded: bool) -> sa.Select:
+    conditions = [
+        campaign_audience.c.campaign_id == sa.bindparam("campaign_id"),
+        campaign_audience.c.status == "pending",
+        campaign_audience.c.id > sa.bindparam("after"),
+    ]
+    if bounded:
+        conditions.append(campaign_audience.c.id <= sa.bindparam("upto"))
+    return (
+        sa.select(
+            campaign_audience.c.id,
+            campaign_audience.c.phone_number,
+            campaign_audience.c.name,
+            sa.cast(campaign_audience.c.attributes, sa.Text),
+        )
+        .where(*conditions)
+        .order_by(campaign_audience.c.id)
+        .limit(sa.bindparam("limit"))
+    )
+
+
+def _copy_pending(
+    connection: sa.Connection, campaign_id: str, after: str, upto: str | None, limit: int
+) -> pl.DataFrame:
+    """A chunk of pending recipients through COPY ... TO STDOUT (CSV), parsed by Polars in Rust.
+
+    Fetching rows through the DBAPI builds a Python tuple per recipient; COPY hands over one
+    buffer (psycopg binds the parameters client-side, so the statement stays parameterised).
+    """
+    statement = (
+        "COPY (SELECT id, phone_number, name, attributes::text FROM campaign_audience"
+        " WHERE campaign_id = %s AND status = 'pending' AND id > %s"
+        + (" AND id <= %s" if upto is not None else "")
+        + " ORDER BY id LIMIT %s) TO STDOUT (FORMAT csv)"
+    )
+    params = (campaign_id, after, *([upto] if upto is not None else []), limit)
+    buffer = io.BytesIO()
+    driver_connection: Any = connection.connection.driver_connection
+    with driver_connection.cursor() as cursor, cursor.copy(statement, params) as copy:
+        for block in copy:
+            buffer.write(block)
+    if not buffer.getbuffer().nbytes:
+        return recipients_frame([])
+    return pl.read_csv(
+        buffer.getvalue(),
+        has_header=False,
+        new_columns=list(RECIPIENT_SCHEMA),
+        schema=RECIPIENT_SCHEMA,
+    )
 
 
 @dataclass
@@ -317,37 +382,67 @@ class CampaignStore(dg.ConfigurableResource):
                 )
             )
 
-    def iter_pending_recipients(self, campaign_id: str, chunk_size: int) -> Iterator[pl.DataFrame]:
-        """Yield the campaign's `pending` recipients in chunks of at most `chunk_size`, by id.
+    def iter_pending_recipients(
+        self, campaign_id: str, chunk_size: int, id_range: IdRange | None = None
+    ) -> Iterator[pl.DataFrame]:
+        """Yield the campaign's `pending` recipients (within `id_range`) in chunks, by id.
 
         Each chunk is its own short query (keyset pagination), so no transaction stays open
         while messages are sent, and memory holds one chunk at a time.
         """
-        query = (
+        id_range = id_range or IdRange()
+        after = id_range.after
+        while True:
+            with self.engine.connect() as connection:
+                if connection.dialect.name == "postgresql":
+                    chunk = _copy_pending(connection, campaign_id, after, id_range.upto, chunk_size)
+                else:
+                    rows = connection.execute(
+                        _pending_query(id_range.upto is not None),
+                        {
+                            "campaign_id": campaign_id,
+                            "after": after,
+                            "upto": id_range.upto,
+                            "limit": chunk_size,
+                        },
+                    ).all()
+                    chunk = recipients_frame(rows)
+            if chunk.is_empty():
+                return
+            yield chunk
+            if chunk.height < chunk_size:
+                return
+            after = chunk["id"][-1]
+
+    def id_ranges(self, campaign_id: str, recipients_per_range: int) -> list[IdRange]:
+        """Split the campaign's pending recipients into consecutive ranges of about that size."""
+        numbered = (
             sa.select(
                 campaign_audience.c.id,
-                campaign_audience.c.phone_number,
-                campaign_audience.c.name,
-                sa.cast(campaign_audience.c.attributes, sa.Text),
+                sa.func.row_number().over(order_by=campaign_audience.c.id).label("n"),
             )
             .where(
                 campaign_audience.c.campaign_id == campaign_id,
                 campaign_audience.c.status == "pending",
-                campaign_audience.c.id > sa.bindparam("after"),
             )
-            .order_by(campaign_audience.c.id)
-            .limit(chunk_size)
+            .subquery()
         )
-        after = ""
-        while True:
-            with self.engine.connect() as connection:
-                rows = connection.execute(query, {"after": after}).all()
-            if not rows:
-                return
-            yield recipients_frame(rows)
-            if len(rows) < chunk_size:
-                return
-            after = rows[-1][0]
+        with self.engine.connect() as connection:
+            total = connection.execute(sa.select(sa.func.count()).select_from(numbered)).scalar()
+            bounds = (
+                connection.execute(
+                    sa.select(numbered.c.id)
+                    .where(numbered.c.n % recipients_per_range == 0, numbered.c.n < total)
+                    .order_by(numbered.c.id)
+                )
+                .scalars()
+                .all()
+            )
+        edges = ["", *bounds]
+        return [
+            IdRange(after=edge, upto=bounds[i] if i < len(bounds) else None)
+            for i, edge in enumerate(edges)
+        ]
 
     def record_outcomes(
         self,
