@@ -1,0 +1,137 @@
+"""Run the real `process_campaign_messages` job over seeded campaigns and report its cost.
+
+Meant to run as its own process, so peak RSS and CPU time are the pipeline's alone:
+
+    python benchmarks/pipeline_runner.py --database-url URL --campaign-ids ID[,ID...] \
+        --sink null|sqs [--endpoint URL --queue-url URL] [--processes N --recipients-per-shard M]
+
+Campaigns run one after another, one Dagster run each. With `--processes 1` every step runs in
+this process (`execute_in_process`); with more, the multiprocess executor runs that many send
+steps at once in child processes, on a temporary Dagster instance. Prints one JSON line:
+recipients, queued, failed, wall_s, cpu_s (this process and its children), peak_rss_mb (the
+largest single process) and peak_rss_sum_mb (this process plus its largest child).
+"""
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import dagster as dg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from campaign_pipeline.jobs import campaign_run_config, process_campaign_messages
+from campaign_pipeline.resources.campaign_store import CampaignStore
+from campaign_pipeline.resources.sqs_queue import BatchResult, SqsQueue
+
+REGION = "us-east-1"
+
+
+class NullSqsQueue(SqsQueue):
+    """Accepts every message without sending it: measures everything but SQS."""
+
+    def max_message_bytes(self) -> int:
+        """AWS's current limit."""
+        return 1_048_576
+
+    def send_batch(
+        self, campaign_id: str, ids: Sequence[str], bodies: Sequence[str]
+    ) -> BatchResult:
+        """Every entry accepted, with its id as a made-up message id."""
+        return BatchResult(accepted_ids=list(ids), message_ids=list(ids))
+
+
+def _resources(sink: str) -> dict[str, dg.ConfigurableResource]:
+    """Resources from the environment the parent process set (see `main`)."""
+    if sink == "null":
+        queue: SqsQueue = NullSqsQueue(queue_url="null://sink", region_name=REGION)
+    else:
+        queue = SqsQueue(
+            queue_url=os.environ["AWS_SQS_QUEUE_URL"],
+            region_name=REGION,
+            endpoint_url=os.environ["AWS_ENDPOINT_URL_SQS"],
+        )
+    return {"campaign_store": CampaignStore(), "sqs_queue": queue}
+
+
+def null_sink_job() -> dg.JobDefinition:
+    """The job with the null sink, rebuilt by name in each step process."""
+    return dg.Definitions(
+        jobs=[process_campaign_messages], resources=_resources("null")
+    ).get_job_def(process_campaign_messages.name)
+
+
+def sqs_job() -> dg.JobDefinition:
+    """The job sending to the SQS endpoint in the environment, rebuilt in each step process."""
+    return dg.Definitions(
+        jobs=[process_campaign_messages], resources=_resources("sqs")
+    ).get_job_def(process_campaign_messages.name)
+
+
+def run_campaign(campaign_id: str, sink: str, processes: int, shard_size: int) -> dict[str, int]:
+    """Process one campaign; returns its final counts."""
+    run_config = campaign_run_config(campaign_id, processes, recipients_per_shard=shard_size)
+    if processes == 1:
+        result = process_campaign_messages.execute_in_process(
+            run_config=run_config, resources=_resources(sink)
+        )
+        return result.output_for_node("complete_campaign")
+    with tempfile.TemporaryDirectory() as home, dg.instance_for_test(temp_dir=home) as instance:
+        job = dg.reconstructable(null_sink_job if sink == "null" else sqs_job)
+        with dg.execute_job(job, instance=instance, run_config=run_config) as result:
+            if not result.success:
+                raise RuntimeError(f"run {result.run_id} failed")
+            return result.output_for_node("complete_campaign")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--campaign-ids", required=True, help="comma-separated")
+    parser.add_argument("--sink", choices=["null", "sqs"], required=True)
+    parser.add_argument("--endpoint", help="SQS endpoint (sink sqs)")
+    parser.add_argument("--queue-url", help="SQS queue URL (sink sqs)")
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--recipients-per-shard", type=int, default=250_000)
+    args = parser.parse_args()
+    # Step processes rebuild the resources from the environment.
+    os.environ["CAMPAIGN_DATABASE_URL"] = args.database_url
+    if args.sink == "sqs":
+        os.environ["AWS_ENDPOINT_URL_SQS"] = args.endpoint
+        os.environ["AWS_SQS_QUEUE_URL"] = args.queue_url
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "benchmark")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "benchmark")
+
+    totals = {"recipients": 0, "queued": 0, "failed": 0}
+    started = time.perf_counter()
+    for campaign_id in args.campaign_ids.split(","):
+        counts = run_campaign(campaign_id, args.sink, args.processes, args.recipients_per_shard)
+        totals["queued"] += counts["ready_to_send"]
+        totals["failed"] += counts["failed"]
+        totals["recipients"] += counts["ready_to_send"] + counts["failed"] + counts["pending"]
+    wall = time.perf_counter() - started
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(
+        json.dumps(
+            {
+                **totals,
+                "wall_s": round(wall, 3),
+                "cpu_s": round(
+                    own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 2
+                ),
+                "peak_rss_mb": round(max(own.ru_maxrss, children.ru_maxrss) / 1024),
+                "peak_rss_sum_mb": round((own.ru_maxrss + children.ru_maxrss) / 1024),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
