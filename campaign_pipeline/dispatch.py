@@ -63,10 +63,14 @@ class SendInterrupted(Exception):
         self.stats = stats
 
 
-# Windows of outcomes being written while sending goes on. Writing overlaps sending (a
-# PostgreSQL UPDATE of 1,000 rows takes ~30 ms here, time in which the next batches go out);
-# a crash loses at most these windows plus the one being filled.
-WRITES_IN_FLIGHT = 2
+# Windows of outcomes being written while sending goes on, each by its own writer thread and
+# connection: a PostgreSQL backend updates ~30k rows/s here, so writes overlap sending and each
+# other. A crash loses at most these windows plus the one being filled.
+WRITES_IN_FLIGHT = 4
+
+
+def _writer_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(WRITES_IN_FLIGHT, thread_name_prefix="outcome-writer")
 
 
 @dataclass
@@ -81,9 +85,7 @@ class _Recorder:
     stats: SendStats
     outcomes: Outcomes = field(default_factory=Outcomes)
     lease_held: bool = True
-    writer: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="outcome-writer")
-    )
+    writer: ThreadPoolExecutor = field(default_factory=_writer_pool)
     writes: deque[Future[bool]] = field(default_factory=deque)
 
     def add_batch(self, result: BatchResult) -> None:
