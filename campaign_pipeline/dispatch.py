@@ -11,6 +11,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import polars as pl
 
@@ -62,6 +63,8 @@ class SendInterrupted(Exception):
         super().__init__(message)
         self.stats = stats
 
+
+T = TypeVar("T")
 
 # Windows of outcomes being written while sending goes on, each by its own writer thread and
 # connection: a PostgreSQL backend updates ~30k rows/s here, so writes overlap sending and each
@@ -147,6 +150,19 @@ def _batches(
         yield ids[batch], bodies[batch]
 
 
+def _prefetched(items: Iterator[T]) -> Iterator[T]:
+    """Yield `items`, making the next one on a thread while the caller works on this one.
+
+    Reading and building the next chunk (a COPY and Polars, both mostly outside the GIL) then
+    overlaps the sending of this one, instead of stalling it at every chunk boundary.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="chunk-reader") as reader:
+        upcoming = reader.submit(next, items, None)
+        while (item := upcoming.result()) is not None:
+            upcoming = reader.submit(next, items, None)
+            yield item
+
+
 def _queue_chunks(
     message: CampaignMessage,
     store: CampaignStore,
@@ -161,8 +177,7 @@ def _queue_chunks(
     started = time.perf_counter()
     max_bytes = queue.max_message_bytes()
     chunks = store.iter_pending_recipients(message.campaign_id, recipients_per_chunk, id_range)
-    for chunk in chunks:
-        built = build_payloads(message, chunk, max_bytes)
+    for built in _prefetched(build_payloads(message, chunk, max_bytes) for chunk in chunks):
         stats.recipients += built.height
         recorder.add_invalid(built.filter(pl.col("failure_reason").is_not_null()))
         valid = built.filter(pl.col("failure_reason").is_null())
