@@ -56,6 +56,7 @@ def _resources(sink: str) -> dict[str, dg.ConfigurableResource]:
             queue_url=os.environ["AWS_SQS_QUEUE_URL"],
             region_name=REGION,
             endpoint_url=os.environ["AWS_ENDPOINT_URL_SQS"],
+            max_concurrent_batches=int(os.environ.get("BENCHMARK_MAX_CONCURRENT_BATCHES", "16")),
         )
     return {"campaign_store": CampaignStore(), "sqs_queue": queue}
 
