@@ -172,9 +172,9 @@ def _queue_chunks(
     id_range: IdRange | None,
     recorder: _Recorder,
     on_chunk: Callable[[SendStats], None],
+    started: float,
 ) -> None:
     stats = recorder.stats
-    started = time.perf_counter()
     max_bytes = queue.max_message_bytes()
     chunks = store.iter_pending_recipients(message.campaign_id, recipients_per_chunk, id_range)
     for built in _prefetched(build_payloads(message, chunk, max_bytes) for chunk in chunks):
@@ -227,7 +227,15 @@ def queue_campaign_messages(
     )
     try:
         _queue_chunks(
-            message, store, queue, run_id, recipients_per_chunk, id_range, recorder, on_chunk
+            message,
+            store,
+            queue,
+            run_id,
+            recipients_per_chunk,
+            id_range,
+            recorder,
+            on_chunk,
+            started,
         )
     finally:
         recorder.close()

@@ -4,7 +4,6 @@ import sqlalchemy as sa
 
 metadata = sa.MetaData()
 
-CAMPAIGN_STATUSES = ("draft", "asset_generated", "ready_to_launch", "failed")
 AUDIENCE_STATUSES = ("pending", "ready_to_send", "failed")
 
 campaigns = sa.Table(

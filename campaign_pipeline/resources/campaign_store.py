@@ -21,7 +21,7 @@ from campaign_pipeline.payloads import (
     parse_template_parameters,
     recipients_frame,
 )
-from campaign_pipeline.schema import campaign_audience, campaigns, metadata
+from campaign_pipeline.schema import AUDIENCE_STATUSES, campaign_audience, campaigns, metadata
 
 DATABASE_URL_VARIABLE = "CAMPAIGN_DATABASE_URL"
 # Rows per statement when inserting or recording outcomes, to bound each statement's size.
@@ -528,7 +528,7 @@ class CampaignStore(dg.ConfigurableResource):
         )
         with self.engine.connect() as connection:
             counts: dict[str, int] = dict(connection.execute(query).tuples().all())
-        return {status: counts.get(status, 0) for status in ("pending", "ready_to_send", "failed")}
+        return {status: counts.get(status, 0) for status in AUDIENCE_STATUSES}
 
     def finish(self, campaign_id: str, run_id: str) -> dict[str, int]:
         """Store the campaign's final counts, release the lease; returns the counts."""
