@@ -83,16 +83,19 @@ def _audience_rows(campaign_ids: Sequence[str], sizes: Sequence[int]) -> Iterato
             index += 1
 
 
-def seed(database_url: str, recipients: int) -> SeededCampaigns:
-    """Create the schema and six `asset_generated` campaigns sharing `recipients` recipients."""
+def seed(database_url: str, recipients: int, campaigns: int = len(CAMPAIGNS)) -> SeededCampaigns:
+    """Create the schema and the first `campaigns` campaigns, sharing `recipients` recipients.
+
+    All six by default, one per message type; one alone makes a single large campaign.
+    """
     store = CampaignStore(database_url=database_url)
     store.create_schema()
     campaign_ids = tuple(
         store.add_campaign(organization_id=ORGANIZATION_ID, status="asset_generated", **campaign)
-        for campaign in CAMPAIGNS
+        for campaign in CAMPAIGNS[:campaigns]
     )
     store.engine.dispose()
-    sizes = tuple(split_evenly(recipients, len(CAMPAIGNS)))
+    sizes = tuple(split_evenly(recipients, len(campaign_ids)))
     _copy_rows(
         database_url,
         "COPY campaign_audience (id, campaign_id, phone_number, name, attributes) FROM STDIN",

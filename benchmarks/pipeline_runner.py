@@ -8,8 +8,9 @@ Meant to run as its own process, so peak RSS and CPU time are the pipeline's alo
 Campaigns run one after another, one Dagster run each. With `--processes 1` every step runs in
 this process (`execute_in_process`); with more, the multiprocess executor runs that many send
 steps at once in child processes, on a temporary Dagster instance. Prints one JSON line:
-recipients, queued, failed, wall_s, cpu_s (this process and its children), peak_rss_mb (the
-largest single process) and peak_rss_sum_mb (this process plus its largest child).
+recipients, queued, failed, wall_s, cpu_s (this process and every descendant, sampled from /proc,
+since step processes belong to the executor's fork server), peak_rss_mb (the largest single
+process) and peak_rss_sum_mb (this process plus its largest descendant).
 """
 
 import argparse
@@ -25,6 +26,8 @@ from pathlib import Path
 import dagster as dg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from process_tree import watch_descendants
 
 from campaign_pipeline.jobs import campaign_run_config, process_campaign_messages
 from campaign_pipeline.resources.campaign_store import CampaignStore
@@ -111,24 +114,23 @@ def main() -> None:
 
     totals = {"recipients": 0, "queued": 0, "failed": 0}
     started = time.perf_counter()
-    for campaign_id in args.campaign_ids.split(","):
-        counts = run_campaign(campaign_id, args.sink, args.processes, args.recipients_per_shard)
-        totals["queued"] += counts["ready_to_send"]
-        totals["failed"] += counts["failed"]
-        totals["recipients"] += counts["ready_to_send"] + counts["failed"] + counts["pending"]
+    with watch_descendants() as descendants:
+        for campaign_id in args.campaign_ids.split(","):
+            counts = run_campaign(campaign_id, args.sink, args.processes, args.recipients_per_shard)
+            totals["queued"] += counts["ready_to_send"]
+            totals["failed"] += counts["failed"]
+            totals["recipients"] += counts["ready_to_send"] + counts["failed"] + counts["pending"]
     wall = time.perf_counter() - started
     own = resource.getrusage(resource.RUSAGE_SELF)
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    own_rss_mb = own.ru_maxrss / 1024
     print(
         json.dumps(
             {
                 **totals,
                 "wall_s": round(wall, 3),
-                "cpu_s": round(
-                    own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, 2
-                ),
-                "peak_rss_mb": round(max(own.ru_maxrss, children.ru_maxrss) / 1024),
-                "peak_rss_sum_mb": round((own.ru_maxrss + children.ru_maxrss) / 1024),
+                "cpu_s": round(own.ru_utime + own.ru_stime + descendants.total_cpu_s, 2),
+                "peak_rss_mb": round(max(own_rss_mb, descendants.largest_rss_mb)),
+                "peak_rss_sum_mb": round(own_rss_mb + descendants.largest_rss_mb),
             }
         )
     )
