@@ -26,7 +26,12 @@ CAPTION_MAX_CHARS = 1024
 E164_PATTERN = r"^\+[1-9][0-9]{7,14}$"
 # SendMessageBatch entry ids: alphanumerics, hyphens and underscores, at most 80 characters.
 BATCH_ENTRY_ID_PATTERN = r"^[A-Za-z0-9_-]{1,80}$"
-HTTP_URL_PATTERN = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?([/?#][^\s]*)?$"
+# No whitespace or control characters after the host: they are not URL characters, and the
+# JSON Schema's `\S` (Python's) counts U+001C to U+001F as whitespace where Rust's does not.
+HTTP_URL_PATTERN = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?([/?#][^\s\p{Cc}]*)?$"
+# SQS takes only #x9 | #xA | #xD | #x20-#xD7FF | #xE000-#xFFFD | #x10000-#x10FFFF in a body.
+# JSON escapes the control characters; these two noncharacters it leaves as they are.
+SQS_FORBIDDEN_NONCHARACTERS = ("\ufffe", "\uffff")
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 ANY_PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
@@ -90,6 +95,9 @@ def parse_template_parameters(raw: Any) -> tuple[Mapping[str, Any], ...]:
 
 def check_campaign_message(message: CampaignMessage) -> None:
     """Raise `CampaignDefinitionError` for an unknown message type or a malformed placeholder."""
+    if not message.organization_id:
+        # Every payload carries it, and the schema requires a non-empty identifier.
+        raise CampaignDefinitionError("organization id is missing")
     if message.message_type not in MESSAGE_TYPES:
         raise CampaignDefinitionError(
             f"unknown message type {message.message_type!r}; "
@@ -280,6 +288,11 @@ def build_payloads(
             *body,
             pl.lit("}"),
         ]
+    )
+    # They only ever occur inside a JSON string, where their escapes mean the same characters.
+    payload = payload.str.replace_many(
+        list(SQS_FORBIDDEN_NONCHARACTERS),
+        [f"\\u{ord(character):04x}" for character in SQS_FORBIDDEN_NONCHARACTERS],
     )
     reasons = [
         pl.when(pl.col("id").is_null() | ~pl.col("id").str.contains(BATCH_ENTRY_ID_PATTERN)).then(
