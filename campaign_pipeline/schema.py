@@ -32,8 +32,14 @@ campaigns = sa.Table(
     sa.Column("queued_count", sa.Integer, nullable=False, server_default="0"),
     sa.Column("failed_count", sa.Integer, nullable=False, server_default="0"),
     sa.Column("pending_count", sa.Integer, nullable=False, server_default="0"),
+    # The last failure of a run of this campaign (one line, phone numbers masked), when and which
+    # run; cleared when a run leaves nothing pending.
     sa.Column("last_error", sa.Text),
+    sa.Column("last_error_at", sa.DateTime(timezone=True)),
+    sa.Column("last_error_run_id", sa.String(64)),
     sa.Column("last_run_id", sa.String(64)),
+    # Resume runs the recovery sensor started since a run last left nothing pending.
+    sa.Column("resume_attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("processed_at", sa.DateTime(timezone=True)),
     # The run that may send for this campaign, until when: two runs never send at once.
     sa.Column("lease_run_id", sa.String(64)),

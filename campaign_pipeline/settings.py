@@ -33,3 +33,13 @@ def campaign_processing_interval_seconds() -> int:
 def campaign_send_processes() -> int:
     """CAMPAIGN_SEND_PROCESSES: send steps of one run at once (default 1: all in one process)."""
     return _positive_int("CAMPAIGN_SEND_PROCESSES", 1)
+
+
+def background_job_interval_seconds() -> int:
+    """BACKGROUND_JOB_INTERVAL (ms, default 60000) as the recovery sensor's interval in seconds."""
+    return max(1, round(_positive_int("BACKGROUND_JOB_INTERVAL", 60_000) / 1000))
+
+
+def campaign_max_resume_attempts() -> int:
+    """CAMPAIGN_MAX_RESUME_ATTEMPTS: resume runs of a stalled campaign before it fails (3)."""
+    return _positive_int("CAMPAIGN_MAX_RESUME_ATTEMPTS", 3)

@@ -13,9 +13,10 @@ from campaign_pipeline.resources.campaign_store import (
     CampaignNotProcessable,
     CampaignStore,
     Outcomes,
+    StalledCampaign,
     normalise_database_url,
 )
-from campaign_pipeline.schema import campaign_audience
+from campaign_pipeline.schema import campaign_audience, campaigns
 
 INJECTION = "Robert'); DROP TABLE campaign_audience;--"
 
@@ -252,3 +253,128 @@ def test_id_ranges_split_pending_recipients(
     ]
     assert [len(ids) for ids in chunks] == expected
     assert [i for ids in chunks for i in ids] == sorted(statuses(store, campaign_id))
+
+
+def test_create_schema_adds_columns_an_older_database_lacks(store: CampaignStore) -> None:
+    """init-db on a database made before the recovery columns adds them, keeping the rows."""
+    campaign_id = add_template_campaign(store)
+    with store.engine.begin() as connection:
+        for column in ("resume_attempts", "last_error_at", "last_error_run_id"):
+            connection.exec_driver_sql(f"ALTER TABLE campaigns DROP COLUMN {column}")
+    store.create_schema()
+    row = store.get_campaign(campaign_id)
+    assert (row["resume_attempts"], row["last_error_at"], row["last_error_run_id"]) == (
+        0,
+        None,
+        None,
+    )
+
+
+def test_takeover_is_a_compare_and_set_on_the_gone_run(store: CampaignStore) -> None:
+    """A live lease is taken over only from the run named as gone, and says who holds it."""
+    campaign_id = add_template_campaign(store)
+    store.claim(campaign_id, "run-1", lease_seconds=60)
+    with pytest.raises(CampaignBusy) as busy:
+        store.claim(campaign_id, "run-2", lease_seconds=60, take_over_from="run-0")
+    assert busy.value.lease_run_id == "run-1"
+    assert store.claim(campaign_id, "run-2", lease_seconds=60, take_over_from="run-1").resumed
+    assert store.get_campaign(campaign_id)["lease_run_id"] == "run-2"
+    with pytest.raises(CampaignBusy, match="run-2"):
+        store.claim(campaign_id, "run-3", lease_seconds=60, take_over_from="run-1")
+
+
+def test_run_failure_is_recorded_and_its_lease_released(store: CampaignStore) -> None:
+    """The error, time and run land on the campaign; recipients and status stay as they were."""
+    campaign_id = add_template_campaign(store)
+    add_recipients(store, campaign_id, 2)
+    store.claim(campaign_id, "run-1", lease_seconds=60)
+    first, _ = sorted(statuses(store, campaign_id))
+    store.record_outcomes(campaign_id, "run-1", outcomes(sent={first: "m-1"}), 60)
+    before = statuses(store, campaign_id)
+    failed_at = datetime.now(UTC)
+    assert store.record_run_failure(campaign_id, "run-1", "SQS failed", failed_at)
+    row = store.get_campaign(campaign_id)
+    assert (row["last_error"], row["last_error_run_id"]) == ("SQS failed", "run-1")
+    recorded_at = row["last_error_at"]
+    assert (recorded_at if recorded_at.tzinfo else recorded_at.replace(tzinfo=UTC)) == failed_at
+    assert (row["status"], row["lease_run_id"]) == ("ready_to_launch", None)
+    assert statuses(store, campaign_id) == before
+
+
+def test_a_stale_failure_does_not_overwrite_a_later_run(store: CampaignStore) -> None:
+    """A failure older than the run that finished the campaign, or of a refused run, is dropped."""
+    campaign_id = add_template_campaign(store)
+    failed_at = datetime.now(UTC)
+    store.claim(campaign_id, "run-2", lease_seconds=60)
+    assert not store.record_run_failure(campaign_id, "run-3", "busy", datetime.now(UTC))
+    assert store.get_campaign(campaign_id)["lease_run_id"] == "run-2"
+    store.finish(campaign_id, "run-2")
+    assert not store.record_run_failure(campaign_id, "run-1", "old news", failed_at)
+    assert store.get_campaign(campaign_id)["last_error"] is None
+
+
+def test_finish_with_nothing_pending_clears_error_and_attempts(store: CampaignStore) -> None:
+    """A run that leaves nothing pending clears the recorded failure and the resume count."""
+    campaign_id = add_template_campaign(store)
+    add_recipients(store, campaign_id, 1)
+    store.claim(campaign_id, "run-1", lease_seconds=60)
+    store.record_run_failure(campaign_id, "run-1", "boom", datetime.now(UTC))
+    (stalled,) = store.stalled_campaigns(10, busy_campaign_ids=[], live_run_ids=[])
+    assert store.start_resume_attempt(stalled)
+    store.claim(campaign_id, "run-2", lease_seconds=60)
+    store.finish(campaign_id, "run-2")
+    assert store.get_campaign(campaign_id)["resume_attempts"] == 1
+    (recipient,) = statuses(store, campaign_id)
+    store.claim(campaign_id, "run-3", lease_seconds=60)
+    store.record_outcomes(campaign_id, "run-3", outcomes(sent={recipient: "m"}), 60)
+    store.finish(campaign_id, "run-3")
+    row = store.get_campaign(campaign_id)
+    assert (row["last_error"], row["last_error_at"], row["last_error_run_id"]) == (None,) * 3
+    assert row["resume_attempts"] == 0
+
+
+def test_stalled_campaigns_have_pending_recipients_and_no_live_run(store: CampaignStore) -> None:
+    """ready_to_launch with pending recipients, not busy, no live lease holder; oldest first."""
+
+    def ready(minute: int, recipients: int = 1, lease: str | None = None) -> str:
+        campaign_id = add_template_campaign(store)
+        add_recipients(store, campaign_id, recipients)
+        store.claim(campaign_id, lease or f"run-{campaign_id}", lease_seconds=60)
+        with store.engine.begin() as connection:
+            connection.execute(
+                campaigns.update()
+                .where(campaigns.c.id == campaign_id)
+                .values(updated_at=datetime(2026, 1, 1, 0, minute, tzinfo=UTC))
+            )
+        return campaign_id
+
+    oldest, older, old = ready(1), ready(2), ready(3)
+    busy, live_lease, nothing_pending = ready(0), ready(0, lease="live"), ready(0, recipients=0)
+    add_recipients(store, add_template_campaign(store), 1)
+    failed = add_template_campaign(store, status="failed")
+    add_recipients(store, failed, 1)
+
+    found = store.stalled_campaigns(10, busy_campaign_ids=[busy], live_run_ids=["live"])
+    assert [c.id for c in found] == [oldest, older, old]
+    assert found[0] == StalledCampaign(oldest, "org-1", 1, 0, None)
+    assert len(store.stalled_campaigns(2, [busy], ["live"])) == 2
+    everything = {c.id for c in store.stalled_campaigns(10, [], [])}
+    assert everything == {oldest, older, old, busy, live_lease}
+    assert nothing_pending not in everything
+
+
+def test_resume_attempt_and_give_up_are_compare_and_sets(store: CampaignStore) -> None:
+    """Each applies only to the campaign as it was read: no double count, no late give-up."""
+    campaign_id = add_template_campaign(store)
+    add_recipients(store, campaign_id, 1)
+    store.claim(campaign_id, "run-1", lease_seconds=0.001)
+    (seen,) = store.stalled_campaigns(10, [], [])
+    assert store.start_resume_attempt(seen)
+    assert not store.start_resume_attempt(seen)
+    assert not store.give_up(seen, "too late")
+    (again,) = store.stalled_campaigns(10, [], [])
+    assert again.resume_attempts == 1
+    assert store.give_up(again, "gave up")
+    row = store.get_campaign(campaign_id)
+    assert (row["status"], row["last_error"], row["version"]) == ("failed", "gave up", 2)
+    assert store.stalled_campaigns(10, [], []) == []

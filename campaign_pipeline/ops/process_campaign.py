@@ -20,8 +20,10 @@ from campaign_pipeline.payloads import (
     check_campaign_message,
 )
 from campaign_pipeline.resources.campaign_store import (
+    CampaignBusy,
     CampaignStore,
     CampaignStoreError,
+    Claim,
     IdRange,
 )
 from campaign_pipeline.resources.sqs_queue import SqsQueue
@@ -66,6 +68,9 @@ class ClaimedCampaign:
     outcomes_per_write: int
     lease_seconds: float
     recipients_per_shard: int
+    # The run that claimed it. A re-execution from failure reuses this output without running
+    # claim_campaign, so its steps claim the campaign for themselves when this differs.
+    run_id: str = ""
 
     @property
     def id(self) -> str:
@@ -81,24 +86,73 @@ class CampaignShard:
     id_range: IdRange
 
 
-def _send_metadata(stats: SendStats, queue_url: str) -> dict[str, dg.MetadataValue]:
+def _reasons_table(stats: SendStats) -> dg.MetadataValue:
+    """The top failure reasons as a markdown table (reasons never hold a phone number)."""
     reasons = "\n".join(
         f"| {reason.replace('|', '/')} | {count} |"
         for reason, count in stats.failed_by_reason.most_common(20)
     )
+    return dg.MetadataValue.md(
+        f"| reason | recipients |\n|---|---|\n{reasons}" if reasons else "none"
+    )
+
+
+def _send_metadata(stats: SendStats, queue_url: str) -> dict[str, dg.MetadataValue]:
     return {
         "recipients": dg.MetadataValue.int(stats.recipients),
         "queued": dg.MetadataValue.int(stats.queued),
         "failed": dg.MetadataValue.int(stats.failed),
-        "failed_by_reason": dg.MetadataValue.md(
-            f"| reason | recipients |\n|---|---|\n{reasons}" if reasons else "none"
-        ),
+        "failed_by_reason": _reasons_table(stats),
         "batches": dg.MetadataValue.int(stats.batches),
         "retried_entries": dg.MetadataValue.int(stats.retried_entries),
         "duration_s": dg.MetadataValue.float(round(stats.seconds, 3)),
         "messages_per_s": dg.MetadataValue.float(round(stats.messages_per_second, 1)),
         "queue": dg.MetadataValue.url(queue_url),
     }
+
+
+def _claim_or_take_over(
+    context: dg.OpExecutionContext,
+    campaign_store: CampaignStore,
+    campaign_id: str,
+    lease_seconds: float,
+) -> Claim:
+    """Claim the campaign, taking over the lease of a run this instance knows has finished.
+
+    A run killed outright (SIGKILL, a lost machine) never releases its lease; once Dagster
+    has marked it finished, nobody can be sending for it. A holder this instance does not know
+    (a run of another DAGSTER_HOME, or of `execute_in_process`) may well be alive: its lease is
+    respected until it expires.
+    """
+    try:
+        return campaign_store.claim(campaign_id, context.run_id, lease_seconds)
+    except CampaignBusy as busy:
+        holder = context.instance.get_run_by_id(busy.lease_run_id)
+        if holder is None or not holder.is_finished:
+            raise
+        claim = campaign_store.claim(
+            campaign_id, context.run_id, lease_seconds, take_over_from=busy.lease_run_id
+        )
+        context.log.warning(
+            f"Took campaign {campaign_id} over from run {busy.lease_run_id}, which is "
+            f"{holder.status.value}, before its lease expired"
+        )
+        return claim
+
+
+def _claim_for_reexecution(
+    context: dg.OpExecutionContext, campaign_store: CampaignStore, campaign: ClaimedCampaign
+) -> None:
+    """Hold the campaign in a re-execution that reused another run's claim; fail if busy."""
+    if campaign.run_id == context.run_id:
+        return
+    try:
+        _claim_or_take_over(context, campaign_store, campaign.id, campaign.lease_seconds)
+    except CampaignStoreError as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from None
+    except TRANSIENT_DATABASE_ERRORS as error:
+        raise dg.RetryRequested(max_retries=3, seconds_to_wait=2) from error
+    context.log.info(f"Claimed campaign {campaign.id} (claimed by run {campaign.run_id} before)")
 
 
 @dg.op
@@ -113,7 +167,7 @@ def claim_campaign(
             description=f"campaign id {config.campaign_id!r} is not a UUID", allow_retries=False
         ) from None
     try:
-        claim = campaign_store.claim(campaign_id, context.run_id, config.lease_seconds)
+        claim = _claim_or_take_over(context, campaign_store, campaign_id, config.lease_seconds)
         check_campaign_message(claim.message)
     except CampaignDefinitionError as error:
         campaign_store.fail_campaign(campaign_id, str(error))
@@ -145,6 +199,7 @@ def claim_campaign(
         outcomes_per_write=config.outcomes_per_write,
         lease_seconds=config.lease_seconds,
         recipients_per_shard=config.recipients_per_shard,
+        run_id=context.run_id,
     )
 
 
@@ -171,6 +226,7 @@ def send_campaign_messages(
 ) -> SendStats:
     """Build each pending recipient's payload and queue it on SQS in batches of ten."""
     campaign = shard.campaign
+    _claim_for_reexecution(context, campaign_store, campaign)
 
     def log_progress(stats: SendStats) -> None:
         context.log.info(
@@ -215,17 +271,25 @@ def complete_campaign(
 ) -> dict[str, int]:
     """Store the campaign's final counts and release it; fail if any recipient is still pending."""
     stats = merge_stats(shard_stats)
+    _claim_for_reexecution(context, campaign_store, campaign)
     try:
         counts = campaign_store.finish(campaign.id, context.run_id)
     except TRANSIENT_DATABASE_ERRORS as error:
         raise dg.RetryRequested(max_retries=3, seconds_to_wait=2) from error
+    # The campaign's totals by status, then what this run did (a resume counts only its part).
     metadata: dict[str, dg.MetadataValue] = {
         status: dg.MetadataValue.int(count) for status, count in counts.items()
     }
-    metadata["this_run"] = dg.MetadataValue.md(
-        f"{stats.queued} queued and {stats.failed} failed by {len(shard_stats)} send steps, "
-        f"{stats.batches} batches, {stats.retried_entries} entries retried"
-    )
+    metadata |= {
+        "queued_this_run": dg.MetadataValue.int(stats.queued),
+        "failed_this_run": dg.MetadataValue.int(stats.failed),
+        "failed_by_reason": _reasons_table(stats),
+        "resumed": dg.MetadataValue.bool(campaign.resumed),
+        "this_run": dg.MetadataValue.md(
+            f"{stats.queued} queued and {stats.failed} failed by {len(shard_stats)} send steps, "
+            f"{stats.batches} batches, {stats.retried_entries} entries retried"
+        ),
+    }
     if counts["pending"]:
         raise dg.Failure(
             description=f"{counts['pending']} recipients of campaign {campaign.id} are still "

@@ -66,6 +66,10 @@ class CampaignNotProcessable(CampaignStoreError):
 class CampaignBusy(CampaignStoreError):
     """Another run holds the campaign's lease."""
 
+    def __init__(self, message: str, lease_run_id: str) -> None:
+        super().__init__(message)
+        self.lease_run_id = lease_run_id
+
 
 @dataclass(frozen=True)
 class CampaignToProcess:
@@ -74,6 +78,19 @@ class CampaignToProcess:
     id: str
     organization_id: str
     version: int
+
+
+@dataclass(frozen=True)
+class StalledCampaign:
+    """A `ready_to_launch` campaign with pending recipients and no live run, to be resumed."""
+
+    id: str
+    organization_id: str
+    version: int
+    resume_attempts: int
+    last_error: str | None
+    # The run whose lease has not expired yet, if any: live unless Dagster says it finished.
+    lease_run_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -265,8 +282,21 @@ class CampaignStore(dg.ConfigurableResource):
         return self._engine
 
     def create_schema(self) -> None:
-        """Create the tables and indexes that do not exist yet."""
+        """Create the tables and indexes that do not exist yet, and columns added since."""
         metadata.create_all(self.engine)
+        # create_all leaves existing tables alone. Columns added to the schema later are all
+        # nullable or have a server default, so ADD COLUMN upgrades a database in place. The
+        # names and types come from `schema.py`, never from input.
+        with self.engine.begin() as connection:
+            inspector = sa.inspect(connection)
+            for table in metadata.sorted_tables:
+                present = {column["name"] for column in inspector.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name not in present:
+                        definition = sa.schema.CreateColumn(column).compile(connection)
+                        connection.exec_driver_sql(
+                            f"ALTER TABLE {table.name} ADD COLUMN {definition}"
+                        )
 
     def add_campaign(self, **fields: Any) -> str:
         """Insert a campaign (for seeding and tests); returns its id."""
@@ -310,10 +340,18 @@ class CampaignStore(dg.ConfigurableResource):
         with self.engine.connect() as connection:
             return [CampaignToProcess(*row) for row in connection.execute(query)]
 
-    def claim(self, campaign_id: str, run_id: str, lease_seconds: float) -> Claim:
+    def claim(
+        self,
+        campaign_id: str,
+        run_id: str,
+        lease_seconds: float,
+        take_over_from: str | None = None,
+    ) -> Claim:
         """Take the campaign for `run_id`: `asset_generated` becomes `ready_to_launch`.
 
         A campaign already `ready_to_launch` is resumed, unless another run's lease is live.
+        `take_over_from` names a run known to be gone whose live lease may be taken: the
+        takeover is a compare-and-set on that run id, so it fails if the lease changed hands.
         Raises `CampaignNotFound`, `CampaignNotProcessable` or `CampaignBusy`.
         """
         now = _now()
@@ -331,22 +369,26 @@ class CampaignStore(dg.ConfigurableResource):
                     status="ready_to_launch",
                     version=campaigns.c.version + 1,
                     updated_at=now,
+                    resume_attempts=0,
                     **lease,
                 )
             ).rowcount
             resumed = False
             if not claimed:
+                free = [
+                    campaigns.c.lease_run_id.is_(None),
+                    campaigns.c.lease_run_id == run_id,
+                    campaigns.c.lease_expires_at < now,
+                ]
+                if take_over_from:
+                    free.append(campaigns.c.lease_run_id == take_over_from)
                 resumed = bool(
                     connection.execute(
                         campaigns.update()
                         .where(
                             by_id,
                             campaigns.c.status == "ready_to_launch",
-                            sa.or_(
-                                campaigns.c.lease_run_id.is_(None),
-                                campaigns.c.lease_run_id == run_id,
-                                campaigns.c.lease_expires_at < now,
-                            ),
+                            sa.or_(*free),
                         )
                         .values(**lease)
                     ).rowcount
@@ -358,7 +400,8 @@ class CampaignStore(dg.ConfigurableResource):
             if row["status"] == "ready_to_launch":
                 raise CampaignBusy(
                     f"campaign {campaign_id} is being processed by run {row['lease_run_id']} "
-                    f"(its lease runs until {row['lease_expires_at']:%Y-%m-%d %H:%M:%S} UTC)"
+                    f"(its lease runs until {row['lease_expires_at']:%Y-%m-%d %H:%M:%S} UTC)",
+                    lease_run_id=row["lease_run_id"],
                 )
             raise CampaignNotProcessable(
                 f"campaign {campaign_id} is {row['status']!r}; only 'asset_generated' "
@@ -375,11 +418,134 @@ class CampaignStore(dg.ConfigurableResource):
                 .values(
                     status="failed",
                     last_error=reason,
+                    last_error_at=_now(),
                     version=campaigns.c.version + 1,
                     updated_at=_now(),
                     lease_run_id=None,
                     lease_expires_at=None,
                 )
+            )
+
+    def record_run_failure(
+        self, campaign_id: str, run_id: str, error: str, failed_at: datetime
+    ) -> bool:
+        """Write a failed run's error onto the campaign and release the lease if the run held it.
+
+        Recipients are left as they are. The error is written when the run is the campaign's
+        last run, or when no run holds the campaign and none finished it after `failed_at`:
+        a stale failure (a duplicate run refused at the claim, a run a later run has already
+        made good) never overwrites a newer state. Returns whether the error was written.
+        """
+        by_id = campaigns.c.id == campaign_id
+        with self.engine.begin() as connection:
+            recorded = connection.execute(
+                campaigns.update()
+                .where(
+                    by_id,
+                    sa.or_(
+                        campaigns.c.last_run_id == run_id,
+                        sa.and_(
+                            campaigns.c.lease_run_id.is_(None),
+                            sa.or_(
+                                campaigns.c.processed_at.is_(None),
+                                campaigns.c.processed_at < failed_at,
+                            ),
+                        ),
+                    ),
+                )
+                .values(last_error=error, last_error_at=failed_at, last_error_run_id=run_id)
+            ).rowcount
+            connection.execute(
+                campaigns.update()
+                .where(by_id, campaigns.c.lease_run_id == run_id)
+                .values(lease_run_id=None, lease_expires_at=None)
+            )
+        return bool(recorded)
+
+    def stalled_campaigns(
+        self, limit: int, busy_campaign_ids: Iterable[str], live_run_ids: Iterable[str]
+    ) -> list[StalledCampaign]:
+        """Up to `limit` `ready_to_launch` campaigns with pending recipients and no live run.
+
+        `busy_campaign_ids` have a run that has not finished; a lease held by one of
+        `live_run_ids` is live too. A campaign whose unexpired lease is held by any other run
+        comes with that run's id, for the caller to ask Dagster whether it has finished.
+        The longest untouched come first.
+        """
+        pending = (
+            sa.exists()
+            .where(
+                campaign_audience.c.campaign_id == campaigns.c.id,
+                campaign_audience.c.status == "pending",
+            )
+            .correlate(campaigns)
+        )
+        query = (
+            sa.select(
+                campaigns.c.id,
+                campaigns.c.organization_id,
+                campaigns.c.version,
+                campaigns.c.resume_attempts,
+                campaigns.c.last_error,
+                sa.case(
+                    (campaigns.c.lease_expires_at >= _now(), campaigns.c.lease_run_id),
+                    else_=sa.null(),
+                ),
+            )
+            .where(
+                campaigns.c.status == "ready_to_launch",
+                campaigns.c.id.not_in(list(busy_campaign_ids)),
+                sa.or_(
+                    campaigns.c.lease_run_id.is_(None),
+                    campaigns.c.lease_run_id.not_in(list(live_run_ids)),
+                ),
+                pending,
+            )
+            .order_by(campaigns.c.updated_at, campaigns.c.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as connection:
+            return [StalledCampaign(*row) for row in connection.execute(query)]
+
+    def _unchanged(self, campaign: StalledCampaign) -> list[sa.ColumnElement[bool]]:
+        """The campaign is still as `stalled_campaigns` saw it (for compare-and-set)."""
+        return [
+            campaigns.c.id == campaign.id,
+            campaigns.c.status == "ready_to_launch",
+            campaigns.c.version == campaign.version,
+            campaigns.c.resume_attempts == campaign.resume_attempts,
+        ]
+
+    def start_resume_attempt(self, campaign: StalledCampaign) -> bool:
+        """Count one more resume attempt, unless the campaign changed since it was read."""
+        with self.engine.begin() as connection:
+            return bool(
+                connection.execute(
+                    campaigns.update()
+                    .where(*self._unchanged(campaign))
+                    # updated_at moves the campaign behind the other stalled ones.
+                    .values(resume_attempts=campaigns.c.resume_attempts + 1, updated_at=_now())
+                ).rowcount
+            )
+
+    def give_up(self, campaign: StalledCampaign, reason: str) -> bool:
+        """Mark a stalled campaign `failed` with `reason`, unless it changed since it was read."""
+        now = _now()
+        with self.engine.begin() as connection:
+            return bool(
+                connection.execute(
+                    campaigns.update()
+                    .where(*self._unchanged(campaign))
+                    .values(
+                        status="failed",
+                        last_error=reason,
+                        last_error_at=now,
+                        version=campaigns.c.version + 1,
+                        updated_at=now,
+                        lease_run_id=None,
+                        lease_expires_at=None,
+                    )
+                ).rowcount
             )
 
     def iter_pending_recipients(
@@ -531,7 +697,10 @@ class CampaignStore(dg.ConfigurableResource):
         return {status: counts.get(status, 0) for status in AUDIENCE_STATUSES}
 
     def finish(self, campaign_id: str, run_id: str) -> dict[str, int]:
-        """Store the campaign's final counts, release the lease; returns the counts."""
+        """Store the campaign's final counts, release the lease; returns the counts.
+
+        With nothing left pending, the last error and the resume attempts are cleared.
+        """
         counts = self.count_recipients(campaign_id)
         values: dict[str, Any] = {
             "queued_count": counts["ready_to_send"],
@@ -542,7 +711,12 @@ class CampaignStore(dg.ConfigurableResource):
             "lease_expires_at": None,
         }
         if not counts["pending"]:
-            values["last_error"] = None
+            values |= {
+                "last_error": None,
+                "last_error_at": None,
+                "last_error_run_id": None,
+                "resume_attempts": 0,
+            }
         with self.engine.begin() as connection:
             connection.execute(
                 campaigns.update()
