@@ -55,11 +55,13 @@ def _resources(sink: str) -> dict[str, dg.ConfigurableResource]:
     if sink == "null":
         queue: SqsQueue = NullSqsQueue(queue_url="null://sink", region_name=REGION)
     else:
+        # The resource's own default unless an experiment sets it.
+        concurrency = os.environ.get("BENCHMARK_MAX_CONCURRENT_BATCHES")
         queue = SqsQueue(
             queue_url=os.environ["AWS_SQS_QUEUE_URL"],
             region_name=REGION,
             endpoint_url=os.environ["AWS_ENDPOINT_URL_SQS"],
-            max_concurrent_batches=int(os.environ.get("BENCHMARK_MAX_CONCURRENT_BATCHES", "16")),
+            **({"max_concurrent_batches": int(concurrency)} if concurrency else {}),
         )
     return {"campaign_store": CampaignStore(), "sqs_queue": queue}
 

@@ -3,7 +3,8 @@
 Output is this module's product, so it writes to stdout and stderr itself. Problems a person can
 fix (a bad id, an unreachable database or queue, missing settings) are one line on stderr and exit
 status 2; a failed run is one line and status 1; anything unexpected is one line and status 1,
-with the traceback only under `--debug`.
+with the traceback only under `--debug`. `sqs-status` prints its report either way and exits 1
+when the queue does not answer, 2 when SQS is not configured.
 """
 
 import argparse
@@ -47,6 +48,7 @@ from campaign_pipeline.resources.campaign_store import (
 )
 from campaign_pipeline.resources.sqs_queue import SqsQueue
 from campaign_pipeline.settings import SettingsError, campaign_processing_interval_seconds
+from campaign_pipeline.sqs_status import sqs_status_from_environment
 
 PROG = "campaign-pipeline"
 JOB_NAME = "process_campaign_messages"
@@ -71,6 +73,14 @@ MESSAGES_DESCRIPTION = (
     "the earlier ones are deleted; a standard queue returns a sample), so expect at most about "
     "ten messages per message group. Each receive adds one to ApproximateReceiveCount, which a "
     "redrive policy's maxReceiveCount counts too."
+)
+
+SQS_STATUS_DESCRIPTION = (
+    "Show whether SQS is configured ($AWS_SQS_QUEUE_URL in $AWS_REGION; $AWS_ENDPOINT_URL_SQS "
+    "for a local server; never credentials), whether the queue answers, and its attributes: "
+    "approximate visible, in-flight and delayed messages, maximum message size, retention, "
+    "visibility timeout and dead-letter queue. Exit status 0 when the queue answers, 1 when it "
+    "does not (unreachable, missing, refused), 2 when SQS is not configured."
 )
 
 
@@ -370,6 +380,59 @@ def cmd_messages(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sqs_status(args: argparse.Namespace) -> int:
+    """Print the queue's configuration and attributes; 1 if it does not answer, 2 if unset."""
+    status = sqs_status_from_environment()
+    _out(_pretty(status.as_dict()) if args.json else status.format_table())
+    if status.error:
+        _err(f"{PROG}: error: {status.error}")
+    if not status.configured:
+        return 2
+    return 0 if status.reachable else 1
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    """Launch process_campaign_messages for one campaign through the webserver's GraphQL API."""
+    from campaign_pipeline import trigger  # dagster-graphql is only needed here
+
+    try:
+        campaign_id = trigger.campaign_id_or_error(args.campaign_id)
+        url = (
+            args.dagster_url
+            or os.environ.get(trigger.DAGSTER_URL_VARIABLE)
+            or trigger.DEFAULT_DAGSTER_URL
+        )
+        webserver = trigger.DagsterWebserver(url, dict(args.header))
+        database_url = default_database_url()
+        store = _open_store(database_url)
+        try:
+            return trigger.trigger(
+                store, webserver, campaign_id, wait=args.wait, out=_out, err=_err_prefixed
+            )
+        except sa.exc.SQLAlchemyError as error:
+            shown = display_database_url(database_url)
+            raise CliError(
+                f"cannot read campaigns from {shown}: {_database_reason(error)}"
+            ) from None
+        finally:
+            store.engine.dispose()
+    except trigger.TriggerError as error:
+        raise CliError(str(error)) from None
+
+
+def _err_prefixed(text: str) -> None:
+    _err(f"{PROG}: {text}")
+
+
+def _header(text: str) -> tuple[str, str]:
+    from campaign_pipeline.trigger import parse_header
+
+    try:
+        return parse_header(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _own_command() -> str:
     """How to run this command again from a shell: its name if on PATH, else its full path."""
     script = Path(sys.executable).parent / PROG
@@ -608,6 +671,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     messages.add_argument("--queue-url", help=f"queue to read (default ${QUEUE_URL_VARIABLE})")
     messages.set_defaults(handler=cmd_messages)
+
+    sqs_status = commands.add_parser(
+        "sqs-status",
+        parents=[common],
+        help="show whether the queue answers, its depth and settings",
+        description=SQS_STATUS_DESCRIPTION,
+    )
+    sqs_status.add_argument("--json", action="store_true", help="print the status as JSON")
+    sqs_status.set_defaults(handler=cmd_sqs_status)
+
+    trigger = commands.add_parser(
+        "trigger",
+        parents=[common],
+        help="start a campaign's run through the Dagster webserver (GraphQL)",
+        description="Launch process_campaign_messages for one campaign through the Dagster "
+        "webserver's GraphQL API, with the sensor's run config and tags, and print the run's "
+        "id and UI link. Refused, with exit status 2, for an unknown campaign, one whose status "
+        "cannot be processed, or one with a run already queued or running. The campaign is read "
+        "from CAMPAIGN_DATABASE_URL.",
+    )
+    trigger.add_argument("campaign_id", metavar="CAMPAIGN_ID", help="UUID of the campaign")
+    trigger.add_argument(
+        "--dagster-url",
+        metavar="URL",
+        help="the webserver (default $DAGSTER_URL, else http://127.0.0.1:3000)",
+    )
+    trigger.add_argument(
+        "--header",
+        type=_header,
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="HTTP header for a proxy in front of the webserver, e.g. 'Authorization: Bearer "
+        "...' (repeatable)",
+    )
+    trigger.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the run to its end; exit status 1 if it failed or was canceled",
+    )
+    trigger.set_defaults(handler=cmd_trigger)
 
     demo = commands.add_parser(
         "demo",

@@ -1,15 +1,32 @@
-"""The code location: one job, its sensor and the resources they share."""
+"""The code location: two jobs, their sensors, a schedule and the resources they share."""
 
 import dagster as dg
 
-from campaign_pipeline.jobs import process_campaign_messages
+from campaign_pipeline.jobs import check_sqs_status, process_campaign_messages
+from campaign_pipeline.ops.sqs_status import SQS_QUEUE_ASSET
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
-from campaign_pipeline.sensors import asset_generated_campaigns_sensor
+from campaign_pipeline.schedules import sqs_status_schedule
+from campaign_pipeline.sensors import (
+    asset_generated_campaigns_sensor,
+    record_campaign_run_failure,
+    resume_stalled_campaigns_sensor,
+)
 
 defs = dg.Definitions(
-    jobs=[process_campaign_messages],
-    sensors=[asset_generated_campaigns_sensor],
+    jobs=[process_campaign_messages, check_sqs_status],
+    sensors=[
+        asset_generated_campaigns_sensor,
+        record_campaign_run_failure,
+        resume_stalled_campaigns_sensor,
+    ],
+    schedules=[sqs_status_schedule],
+    assets=[
+        dg.AssetSpec(
+            SQS_QUEUE_ASSET,
+            description="The SQS queue the WhatsApp sender reads; check_sqs_status observes it.",
+        )
+    ],
     resources={
         # CAMPAIGN_DATABASE_URL is read when the resource starts, never shown in the UI.
         "campaign_store": CampaignStore(),

@@ -1,4 +1,4 @@
-"""The job that processes one campaign, and the run config and tags every launcher gives it."""
+"""The campaign job with the run config and tags every launcher gives it; the SQS check."""
 
 from typing import Any
 
@@ -11,13 +11,19 @@ from campaign_pipeline.ops import (
     plan_shards,
     send_campaign_messages,
 )
+from campaign_pipeline.ops.sqs_status import record_sqs_status
+
+# Imported once by the multiprocess executor's fork server, so a step process starts warm.
+FORKSERVER_PRELOAD = "campaign_pipeline.definitions"
 
 
 @dg.job(
     description="Turn one generated campaign into WhatsApp messages on SQS.",
     # In-process or multiprocess, chosen per run in its config (see `campaign_run_config`).
     executor_def=dg.multi_or_in_process_executor,
-    tags={"pipeline": "campaign_messages"},
+    # A run retried by the daemon (a crashed run) starts over from the claim, never from the
+    # failed step: only a run that holds the campaign's lease may send.
+    tags={"pipeline": "campaign_messages", "dagster/retry_strategy": "ALL_STEPS"},
 )
 def process_campaign_messages() -> None:
     """Claim the campaign, queue its messages shard by shard, record the outcome."""
@@ -32,11 +38,20 @@ def campaign_run_config(
     """Run config for processing `campaign_id` with `processes` send steps at once.
 
     One process runs every step in the run's own process (a step costs milliseconds); more
-    run shards in parallel under the multiprocess executor (a step then costs ~2.5 s to start).
+    run shards in parallel under the multiprocess executor. Its steps fork from a server that
+    has imported the code location once: spawning each step afresh made a five-step run of
+    2,000 recipients take 6.9 s instead of 3.9 s on a 2-core machine.
     """
     config = CampaignConfig(campaign_id=campaign_id, **campaign_config)
     execution = (
-        {"in_process": {}} if processes == 1 else {"multiprocess": {"max_concurrent": processes}}
+        {"in_process": {}}
+        if processes == 1
+        else {
+            "multiprocess": {
+                "max_concurrent": processes,
+                "start_method": {"forkserver": {"preload_modules": [FORKSERVER_PRELOAD]}},
+            }
+        }
     )
     return {
         "ops": {"claim_campaign": {"config": config.model_dump(exclude_unset=True)}},
@@ -50,3 +65,14 @@ def campaign_tags(campaign_id: str, organization_id: str | None) -> dict[str, st
     if organization_id:
         tags["organization_id"] = organization_id
     return tags
+
+
+@dg.job(
+    description="Record whether the SQS queue answers, and how many messages it holds.",
+    # One quick step: starting a process for it would cost more than the check itself.
+    executor_def=dg.in_process_executor,
+    tags={"pipeline": "sqs_status"},
+)
+def check_sqs_status() -> None:
+    """Ask SQS for the queue's attributes and record them as the run's metadata."""
+    record_sqs_status()
