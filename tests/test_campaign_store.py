@@ -356,7 +356,8 @@ def test_stalled_campaigns_have_pending_recipients_and_no_live_run(store: Campai
 
     found = store.stalled_campaigns(10, busy_campaign_ids=[busy], live_run_ids=["live"])
     assert [c.id for c in found] == [oldest, older, old]
-    assert found[0] == StalledCampaign(oldest, "org-1", 1, 0, None)
+    # Its lease (60 s) has not expired: the caller asks Dagster about the run holding it.
+    assert found[0] == StalledCampaign(oldest, "org-1", 1, 0, None, f"run-{oldest}")
     assert len(store.stalled_campaigns(2, [busy], ["live"])) == 2
     everything = {c.id for c in store.stalled_campaigns(10, [], [])}
     assert everything == {oldest, older, old, busy, live_lease}

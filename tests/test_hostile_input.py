@@ -9,7 +9,7 @@ server (a FIFO queue whose MaximumMessageSize is 1024, so size limits bite), fol
 Campaign-level breakage (unknown message type, malformed placeholders or template parameters,
 an empty organization id, a bad or unknown id) fails the run with one clear reason, and
 `campaign-pipeline process` says it in one line, never with a traceback. A campaign without
-recipients still succeeds with zero counts (an xfail records what the issue asks instead).
+recipients fails with that reason.
 """
 
 import json
@@ -679,40 +679,21 @@ def test_bad_or_unknown_campaign_id_fails_the_run_with_one_reason(
         assert connection.scalar(sa.select(sa.func.count()).select_from(campaign_audience)) == 0
 
 
-def test_campaign_without_recipients_queues_nothing_and_leaves_nothing_pending(
+def test_campaign_without_recipients_gets_a_clear_reason(
     store: CampaignStore, make_sqs_queue: Callable[..., SqsQueue], sqs_client: object
 ) -> None:
-    """No recipients: the run ends with every count at zero and an empty queue."""
+    """A campaign with no audience at all is refused with a reason naming that; nothing sent."""
     campaign_id = store.add_campaign(
         organization_id=ORGANIZATION_ID, status="asset_generated", **CAMPAIGNS["text"]
     )
     queue = make_sqs_queue(fifo=True)
     result = run_job(store, queue, campaign_id)
+    assert not result.success
+    assert "campaign has no recipients" in failure_description(result)
+    campaign = store.get_campaign(campaign_id)
+    assert (campaign["status"], campaign["last_error"]) == ("failed", "campaign has no recipients")
     report = check_campaign_invariant(store, campaign_id, sqs_client, queue.queue_url, fifo=True)
     assert (report.queued, report.failed, report.pending, report.messages) == (0, 0, 0, [])
-    assert result.success
-    assert result.output_for_node("complete_campaign") == {
-        "pending": 0,
-        "ready_to_send": 0,
-        "failed": 0,
-    }
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="claim_campaign (ops/process_campaign.py, not ours to change here) accepts a campaign "
-    "with no recipients and reports 0 queued; the issue asks for a clear reason",
-)
-def test_campaign_without_recipients_gets_a_clear_reason(
-    sqlite_store: CampaignStore, make_sqs_queue: Callable[..., SqsQueue]
-) -> None:
-    """A campaign with no audience at all is refused with a reason naming that."""
-    campaign_id = sqlite_store.add_campaign(
-        organization_id=ORGANIZATION_ID, status="asset_generated", **CAMPAIGNS["text"]
-    )
-    result = run_job(sqlite_store, make_sqs_queue(fifo=True), campaign_id)
-    assert not result.success
-    assert "no recipients" in failure_description(result)
 
 
 # The command line
@@ -798,15 +779,15 @@ def test_process_command_reports_a_broken_campaign_in_one_line(
     assert expected.replace("{id}", campaign_id) in line, line
 
 
-def test_process_command_summarises_a_campaign_without_recipients(
+def test_process_command_refuses_a_campaign_without_recipients_in_one_line(
     cli_env: dict[str, str], sqlite_store: CampaignStore, tmp_path: Path
 ) -> None:
-    """A campaign with no recipients is one summary line of zeros, no traceback."""
+    """A campaign with no recipients fails its run with that reason, no traceback."""
     campaign_id = sqlite_store.add_campaign(
         organization_id=ORGANIZATION_ID, status="asset_generated", **CAMPAIGNS["text"]
     )
     result = run_process(campaign_id, cli_env, tmp_path)
     assert "Traceback" not in result.stdout + result.stderr
-    assert result.returncode == 0, result.stderr
-    (line,) = result.stdout.splitlines()
-    assert f"campaign {campaign_id}: 0 queued, 0 failed, 0 pending" in line
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert f"campaign {campaign_id} cannot be sent: campaign has no recipients" in line

@@ -178,7 +178,15 @@ def claim_campaign(
         raise dg.Failure(description=str(error), allow_retries=False) from None
     except TRANSIENT_DATABASE_ERRORS as error:
         raise dg.RetryRequested(max_retries=3, seconds_to_wait=2) from error
-    pending = campaign_store.count_recipients(campaign_id)["pending"]
+    counts = campaign_store.count_recipients(campaign_id)
+    if not any(counts.values()):
+        # Nothing to send is a mistake upstream, not a success to report as "0 queued".
+        campaign_store.fail_campaign(campaign_id, "campaign has no recipients")
+        raise dg.Failure(
+            description=f"campaign {campaign_id} cannot be sent: campaign has no recipients",
+            allow_retries=False,
+        )
+    pending = counts["pending"]
     context.add_output_metadata(
         {
             "campaign_id": campaign_id,

@@ -217,14 +217,22 @@ def normalise_database_url(url: str) -> str:
 
 
 def make_engine(url: str) -> sa.Engine:
-    """An engine for `url`; SQLite gets WAL and a busy timeout so concurrent runs wait, not fail."""
+    """An engine for `url`; SQLite gets WAL and a busy timeout so concurrent runs wait, not fail.
+
+    Errors never quote the statement's parameters: they hold phone numbers and names.
+    """
     url = normalise_database_url(url)
     if url.startswith("postgresql"):
         # libpq would wait about two minutes for a host that does not answer.
-        return sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+        return sa.create_engine(
+            url,
+            pool_pre_ping=True,
+            hide_parameters=True,
+            connect_args={"connect_timeout": 10},
+        )
     if not url.startswith("sqlite"):
-        return sa.create_engine(url, pool_pre_ping=True)
-    engine = sa.create_engine(url, connect_args={"timeout": 30})
+        return sa.create_engine(url, pool_pre_ping=True, hide_parameters=True)
+    engine = sa.create_engine(url, hide_parameters=True, connect_args={"timeout": 30})
 
     @sa.event.listens_for(engine, "connect")
     def _sqlite_pragmas(connection: Any, _record: Any) -> None:
