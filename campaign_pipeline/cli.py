@@ -655,8 +655,8 @@ def build_parser() -> argparse.ArgumentParser:
     process.add_argument("campaign_id", metavar="CAMPAIGN_ID", help="UUID of the campaign")
     process.add_argument(
         "--max-concurrent-batches",
-        type=_whole_number(1, 64),
-        help="SendMessageBatch calls in flight at once (default: the resource's, 8)",
+        type=_whole_number(1, 256),
+        help="SendMessageBatch calls in flight at once (default: the resource's, 64)",
     )
     process.set_defaults(handler=cmd_process)
 
