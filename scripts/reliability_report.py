@@ -204,9 +204,11 @@ NOT_GUARANTEED = """\
 - **A killed run needs Dagster to notice.** The claim takes the lease over from a run only when
   the run's own Dagster instance says the run has finished; until then, and until its lease
   expires, another run of the campaign is refused (rows "SIGKILL": the rerun is refused, then
-  succeeds once the run is marked failed, as run monitoring would). With
-  `deploy/dagster.yaml`'s `DefaultRunLauncher` Dagster cannot check a run worker's health, so
-  a run whose process was killed stays `STARTED` until someone marks it failed.
+  succeeds once the run is marked failed). With `deploy/dagster.yaml`, the code server that
+  launched a run notices its process died and marks the run failed within a second
+  (`tests/e2e/test_recovery_e2e.py`); but `DefaultRunLauncher` offers run monitoring no health
+  check of its own, so a run whose code server died with it stays `STARTED` until someone marks
+  it failed, and its campaign waits.
 - **A recipient can be `failed` although a copy was queued.** When an answer is lost and the
   resend is then refused for good (a KMS key disabled in between, say), the recipient is
   `failed` with SQS's reason while the first copy is in the queue. The tests' entry faults are
