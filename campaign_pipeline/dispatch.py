@@ -6,6 +6,7 @@ ten, and write outcomes in windows while sending goes on. A crash loses at most 
 not yet written; those recipients stay `pending` for the next run.
 """
 
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -139,6 +140,61 @@ class _Recorder:
         self.lease_held = self.writes.popleft().result() and self.lease_held
 
 
+class _LeaseKeeper:
+    """Renews the run's lease on a timer while it sends, and says whether it may still send.
+
+    Outcome writes renew the lease too, but a send stuck in SQS retries can go minutes without
+    one. Renewing every third of the lease keeps a live run's claim however slow SQS is, so the
+    lease can be short and a crashed run's campaign is free again soon: within SQS's five-minute
+    FIFO deduplication window, which then drops whatever the crashed run sent but never recorded.
+    The run stops sending once its last confirmed renewal is two thirds of a lease old (the
+    database unreachable, say): another run could take over when the lease runs out.
+    """
+
+    def __init__(
+        self, store: CampaignStore, campaign_id: str, run_id: str, lease_seconds: float
+    ) -> None:
+        self._renew = lambda: store.renew_lease(campaign_id, run_id, lease_seconds)
+        self._lease_seconds = lease_seconds
+        self._lost = False
+        self._confirmed_at = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)
+
+    def __enter__(self) -> "_LeaseKeeper":
+        self._confirm()  # at once: the claim may be a while ago (another step, another process)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def held(self) -> bool:
+        """The lease is ours, confirmed recently enough to send on."""
+        age = time.monotonic() - self._confirmed_at
+        return not self._lost and age < self._lease_seconds * 2 / 3
+
+    def lost(self) -> None:
+        """An outcome write found the lease gone."""
+        self._lost = True
+
+    def _confirm(self) -> None:
+        started = time.monotonic()
+        try:
+            renewed = self._renew()
+        except Exception:  # the database unreachable: retried next time; `held` turns False
+            return
+        if renewed:
+            self._confirmed_at = started
+        else:
+            self._lost = True
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._lease_seconds / 3) and not self._lost:
+            self._confirm()
+
+
 def _batches(
     valid: pl.DataFrame, max_bytes: int, keep_going: Callable[[], bool]
 ) -> Iterator[tuple[list[str], list[str]]]:
@@ -171,10 +227,17 @@ def _queue_chunks(
     recipients_per_chunk: int,
     id_range: IdRange | None,
     recorder: _Recorder,
+    lease: _LeaseKeeper,
     on_chunk: Callable[[SendStats], None],
     started: float,
 ) -> None:
     stats = recorder.stats
+
+    def lease_held() -> bool:
+        if not recorder.lease_held:
+            lease.lost()
+        return lease.held()
+
     max_bytes = queue.max_message_bytes()
     chunks = store.iter_pending_recipients(message.campaign_id, recipients_per_chunk, id_range)
     for built in _prefetched(build_payloads(message, chunk, max_bytes) for chunk in chunks):
@@ -182,7 +245,7 @@ def _queue_chunks(
         recorder.add_invalid(built.filter(pl.col("failure_reason").is_not_null()))
         valid = built.filter(pl.col("failure_reason").is_null())
         error: Exception | None = None
-        batches = _batches(valid, max_bytes, lambda: recorder.lease_held)
+        batches = _batches(valid, max_bytes, lease_held)
         for result in queue.send_batches(message.campaign_id, batches):
             stats.batches += 1
             stats.retried_entries += result.retried_entries
@@ -194,10 +257,11 @@ def _queue_chunks(
             raise SendInterrupted(
                 f"SQS failed past its retries: {type(error).__name__}: {error}", stats
             ) from error
-        if not recorder.lease_held:
+        if not lease_held():
             raise SendInterrupted(
                 f"run {run_id} no longer holds campaign {message.campaign_id} (another run took "
-                "it over, or another step of this run failed and released it)",
+                "it over, another step of this run failed and released it, or the lease could "
+                "not be renewed)",
                 stats,
             )
         on_chunk(stats)
@@ -226,17 +290,19 @@ def queue_campaign_messages(
         store, message.campaign_id, run_id, lease_seconds, outcomes_per_write, stats
     )
     try:
-        _queue_chunks(
-            message,
-            store,
-            queue,
-            run_id,
-            recipients_per_chunk,
-            id_range,
-            recorder,
-            on_chunk,
-            started,
-        )
+        with _LeaseKeeper(store, message.campaign_id, run_id, lease_seconds) as lease:
+            _queue_chunks(
+                message,
+                store,
+                queue,
+                run_id,
+                recipients_per_chunk,
+                id_range,
+                recorder,
+                lease,
+                on_chunk,
+                started,
+            )
     finally:
         recorder.close()
     stats.seconds = time.perf_counter() - started

@@ -198,9 +198,10 @@ NOT_GUARANTEED = """\
 - **A FIFO queue drops a resend only within 5 minutes.** The deduplication id
   (`<campaign_id>:<audience_id>`) absorbs every resend above, for 5 minutes after the first
   send. A rerun later than that resends the unrecorded recipients as new messages. A crashed
-  run's lease lasts {lease_seconds:.0f} s after its last outcome write, so a rerun that has to
-  wait for the lease (nothing marked the run failed) comes after the window has closed for
-  most of what it resends: on FIFO too, the consumer must be ready to drop a repeat.
+  run's lease lasts {lease_seconds:.0f} s after its last renewal (renewed every third of that
+  while it sends), so a rerun that has to wait for the lease (nothing marked the run failed)
+  comes well inside the window; a rerun started by hand after more than 5 minutes does not, and
+  a consumer that must never see a repeat drops it by `campaignAudienceId`.
 - **A killed run needs Dagster to notice.** The claim takes the lease over from a run only when
   the run's own Dagster instance says the run has finished; until then, and until its lease
   expires, another run of the campaign is refused (rows "SIGKILL": the rerun is refused, then

@@ -45,10 +45,10 @@ class CampaignConfig(dg.Config):
         description="Outcomes written per database update; a crash loses at most this many.",
     )
     lease_seconds: float = Field(
-        default=300.0,
+        default=60.0,
         gt=0,
-        description="How long the run's claim on the campaign outlives its last write; "
-        "a crashed run's campaign can be resumed after this.",
+        description="How long the run's claim on the campaign outlives its last renewal "
+        "(every third of it while sending); a crashed run's campaign can be resumed after this.",
     )
     recipients_per_shard: int = Field(
         default=250_000,

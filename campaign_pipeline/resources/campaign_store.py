@@ -669,6 +669,13 @@ class CampaignStore(dg.ConfigurableResource):
             ],
         )
 
+    def renew_lease(self, campaign_id: str, run_id: str, lease_seconds: float) -> bool:
+        """Extend the run's lease by `lease_seconds` from now; False if it no longer holds it."""
+        with self.engine.begin() as connection:
+            return self._extend_lease(
+                connection, campaign_id, run_id, _now() + timedelta(seconds=lease_seconds)
+            )
+
     def _extend_lease(
         self,
         connection: sa.Connection,

@@ -1,0 +1,125 @@
+"""The run's lease while it sends: renewed on a timer, and sending stops when it cannot be.
+
+Against PostgreSQL and moto's server behind a slow proxy, with leases of a second or two so a
+send outlives several of them.
+"""
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+
+from campaign_pipeline.dispatch import SendInterrupted, SendStats, queue_campaign_messages
+from campaign_pipeline.resources.campaign_store import CampaignBusy, CampaignStore
+from campaign_pipeline.resources.sqs_queue import SqsQueue
+from tests.conftest import drain
+from tests.fault_proxy import FaultProxy
+from tests.test_campaign_store import add_recipients, add_template_campaign
+
+LEASE_SECONDS = 1.5
+
+
+def send(store: CampaignStore, queue: SqsQueue, campaign_id: str, run_id: str) -> SendStats:
+    """Everything pending, outcomes written only at the end, so only the timer renews the lease."""
+    claim = store.claim(campaign_id, run_id, LEASE_SECONDS)
+    return queue_campaign_messages(
+        claim.message,
+        store,
+        queue,
+        run_id,
+        recipients_per_chunk=10_000,
+        outcomes_per_write=10_000,
+        lease_seconds=LEASE_SECONDS,
+    )
+
+
+def test_a_slow_send_keeps_its_lease_past_its_length(
+    postgres_store: CampaignStore,
+    moto_endpoint: str,
+    make_sqs_queue: Callable[..., SqsQueue],
+    sqs_client: object,
+) -> None:
+    """A send three leases long keeps the campaign: another run is refused all along."""
+    campaign_id = add_template_campaign(postgres_store)
+    add_recipients(postgres_store, campaign_id, 80)
+    with FaultProxy(moto_endpoint, delay_seconds=0.5) as slow:
+        queue = make_sqs_queue(fifo=False, endpoint=slow.url, max_concurrent_batches=1)
+        sender = threading.Thread(
+            target=send, args=(postgres_store, queue, campaign_id, "slow-run")
+        )
+        sender.start()
+        refusals = 0
+        # Eight batches at 0.5 s each: about 4 s, nearly three leases.
+        while sender.is_alive():
+            time.sleep(LEASE_SECONDS / 2)
+            if sender.is_alive():
+                with pytest.raises(CampaignBusy):
+                    postgres_store.claim(campaign_id, "other-run", LEASE_SECONDS)
+                refusals += 1
+        sender.join()
+    assert refusals >= 3
+    assert postgres_store.count_recipients(campaign_id)["ready_to_send"] == 80
+    assert len(drain(sqs_client, queue.queue_url)) == 80
+
+
+def test_sending_stops_when_the_lease_cannot_be_renewed(
+    postgres_store: CampaignStore,
+    moto_endpoint: str,
+    make_sqs_queue: Callable[..., SqsQueue],
+    sqs_client: object,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The database gone for the renewals: the run stops within two thirds of a lease."""
+    campaign_id = add_template_campaign(postgres_store)
+    add_recipients(postgres_store, campaign_id, 200)
+    renewals = 0
+    renew = postgres_store.renew_lease
+
+    def renew_once_then_fail(*args: object) -> bool:
+        nonlocal renewals
+        renewals += 1
+        if renewals > 1:
+            raise ConnectionError("the database does not answer")
+        return renew(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(CampaignStore, "renew_lease", lambda self, *a: renew_once_then_fail(*a))
+    with FaultProxy(moto_endpoint, delay_seconds=0.3) as slow:
+        queue = make_sqs_queue(fifo=False, endpoint=slow.url, max_concurrent_batches=1)
+        started = time.monotonic()
+        with pytest.raises(SendInterrupted, match="no longer holds campaign"):
+            send(postgres_store, queue, campaign_id, "cut-off-run")
+        elapsed = time.monotonic() - started
+    # Twenty batches would take 6 s; it stops once a lease's two thirds pass without renewal.
+    assert elapsed < LEASE_SECONDS * 2 / 3 + 1.0
+    counts = postgres_store.count_recipients(campaign_id)
+    queued = len(drain(sqs_client, queue.queue_url))
+    # What was sent is recorded; the rest stays pending for the next run.
+    assert counts["ready_to_send"] == queued < 200
+    assert counts["pending"] == 200 - queued
+
+
+def test_a_lease_taken_over_stops_the_send_at_the_next_renewal(
+    postgres_store: CampaignStore,
+    moto_endpoint: str,
+    make_sqs_queue: Callable[..., SqsQueue],
+    sqs_client: object,
+) -> None:
+    """Another run took the campaign (an operator, a takeover): this one stops sending."""
+    campaign_id = add_template_campaign(postgres_store)
+    add_recipients(postgres_store, campaign_id, 200)
+    with FaultProxy(moto_endpoint, delay_seconds=0.3) as slow:
+        queue = make_sqs_queue(fifo=False, endpoint=slow.url, max_concurrent_batches=1)
+        thief = threading.Timer(
+            0.6,
+            postgres_store.claim,
+            args=(campaign_id, "thief-run", 60),
+            kwargs={"take_over_from": "first-run"},
+        )
+        thief.start()
+        with pytest.raises(SendInterrupted, match="no longer holds campaign"):
+            send(postgres_store, queue, campaign_id, "first-run")
+        thief.join()
+    queued = len(drain(sqs_client, queue.queue_url))
+    assert 0 < queued < 200
+    assert postgres_store.get_campaign(campaign_id)["lease_run_id"] == "thief-run"
