@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -49,6 +48,7 @@ from campaign_pipeline.resources.campaign_store import (
 from campaign_pipeline.resources.sqs_queue import SqsQueue
 from campaign_pipeline.settings import SettingsError, campaign_processing_interval_seconds
 from campaign_pipeline.sqs_status import sqs_status_from_environment
+from campaign_pipeline.text import canonical_campaign_id, one_line
 
 PROG = "campaign-pipeline"
 JOB_NAME = "process_campaign_messages"
@@ -98,10 +98,6 @@ def _err(text: str) -> None:
     sys.stderr.flush()
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
 def display_database_url(url: str) -> str:
     """The database URL with any password replaced by `***`."""
     try:
@@ -113,7 +109,7 @@ def display_database_url(url: str) -> str:
 def _database_reason(error: Exception) -> str:
     original = getattr(error, "orig", None)
     text = str(original if original is not None else error)
-    return _one_line(text.split("(Background on this error")[0])
+    return one_line(text.split("(Background on this error")[0])
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -178,7 +174,7 @@ def _open_queue(queue_url: str | None = None) -> SqsQueue:
     try:
         endpoint = queue.client.meta.endpoint_url
     except ValueError as error:  # botocore rejects a malformed endpoint override here
-        raise CliError(f"the SQS endpoint is not usable: {_one_line(error)}") from None
+        raise CliError(f"the SQS endpoint is not usable: {one_line(error)}") from None
     where = f"queue {queue_url} (endpoint {endpoint})"
     try:
         queue.max_message_bytes()
@@ -188,7 +184,7 @@ def _open_queue(queue_url: str | None = None) -> SqsQueue:
         if code in NONEXISTENT_QUEUE_CODES:
             raise CliError(f"{where} does not exist") from None
         status = str(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?"))
-        reason = _one_line(details.get("Message") or "") or f"HTTP {status} without a message"
+        reason = one_line(details.get("Message") or "") or f"HTTP {status} without a message"
         label = "" if code == status else f"{code}: "
         raise CliError(f"SQS refused {where}: {label}{reason}") from None
     except KeyError:
@@ -198,9 +194,9 @@ def _open_queue(queue_url: str | None = None) -> SqsQueue:
             "no AWS credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
         ) from None
     except botocore.exceptions.ConnectionError as error:
-        raise CliError(f"cannot reach {where}: {_one_line(error)}") from None
+        raise CliError(f"cannot reach {where}: {one_line(error)}") from None
     except botocore.exceptions.BotoCoreError as error:
-        raise CliError(f"cannot use {where}: {_one_line(error)}") from None
+        raise CliError(f"cannot use {where}: {one_line(error)}") from None
     return queue
 
 
@@ -246,18 +242,18 @@ def _failure_description(result: dg.ExecuteInProcessResult) -> str:
         text = (
             user.description if user and user.description else (data.error and data.error.message)
         )
-        return f"step {event.step_key}: {_one_line(text or 'no description')}"
+        return f"step {event.step_key}: {one_line(text or 'no description')}"
     for event in result.all_events:
         if event.event_type == dg.DagsterEventType.RUN_FAILURE:
-            return _one_line(event.message or "the run failed")
+            return one_line(event.message or "the run failed")
     return "the run failed; see it in the Dagster UI"
 
 
 def _campaign_id(raw: str) -> str:
     try:
-        return str(uuid.UUID(raw))
-    except ValueError:
-        raise CliError(f"campaign id {raw!r} is not a UUID") from None
+        return canonical_campaign_id(raw)
+    except ValueError as error:
+        raise CliError(str(error)) from None
 
 
 def peek_messages(client: Any, queue_url: str, limit: int) -> list[dict[str, Any]]:
@@ -752,7 +748,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         if args.debug:
             raise
-        _err(f"{PROG}: error: {type(error).__name__}: {_one_line(error)}")
+        _err(f"{PROG}: error: {type(error).__name__}: {one_line(error)}")
         return 1
 
 

@@ -1,6 +1,5 @@
 """The sensors that start, record and resume runs of process_campaign_messages."""
 
-import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +16,7 @@ from campaign_pipeline.settings import (
     campaign_processing_interval_seconds,
     campaign_send_processes,
 )
+from campaign_pipeline.text import one_line
 
 RESUME_ATTEMPT_TAG = "campaign_pipeline/resume_attempt"
 # Every status but the three final ones: a queued run (waiting for its campaign's concurrency
@@ -28,7 +28,6 @@ UNFINISHED_RUN_STATUSES = [
     not in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)
 ]
 MAX_ERROR_CHARACTERS = 1_000
-_UUID = re.compile(r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})")
 
 
 @dg.sensor(
@@ -80,12 +79,6 @@ def _error_message(error: Any) -> str:
     return name.rsplit(".", 1)[-1] + separator + detail
 
 
-def _mask(text: str) -> str:
-    """Phone numbers masked, run and campaign ids (UUIDs) kept: they are what people search."""
-    parts = _UUID.split(text)
-    return "".join(part if i % 2 else mask_phone_numbers(part) for i, part in enumerate(parts))
-
-
 def describe_run_failure(context: dg.RunFailureSensorContext) -> str:
     """Why the run failed, step by step, in one line of at most MAX_ERROR_CHARACTERS."""
     parts = []
@@ -99,7 +92,7 @@ def describe_run_failure(context: dg.RunFailureSensorContext) -> str:
         # No step failed: the run worker died, or the run failed before or between steps.
         error = getattr(context.failure_event.event_specific_data, "error", None)
         parts.append(_error_message(error) if error else context.failure_event.message or "")
-    text = " ".join(_mask("; ".join(parts)).split()) or "the run failed"
+    text = one_line(mask_phone_numbers("; ".join(parts))) or "the run failed"
     if len(text) > MAX_ERROR_CHARACTERS:
         text = text[: MAX_ERROR_CHARACTERS - 1] + "…"
     return text

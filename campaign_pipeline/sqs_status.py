@@ -13,6 +13,7 @@ from typing import Any
 import botocore.exceptions
 
 from campaign_pipeline.resources.sqs_queue import GROUP_ID_VARIABLE, SqsQueue
+from campaign_pipeline.text import one_line
 
 QUEUE_URL_VARIABLE = "AWS_SQS_QUEUE_URL"
 REGION_VARIABLE = "AWS_REGION"
@@ -127,11 +128,6 @@ def _duration(seconds: int | None) -> str:
     return f"{seconds} s"
 
 
-def _one_line(text: object) -> str:
-    """`text` with every run of whitespace, newlines included, as one space."""
-    return " ".join(str(text).split())
-
-
 def _os_reason(error: BaseException) -> str | None:
     """The operating system's words for a failed connection (`connection refused`), if any."""
     seen: set[int] = set()
@@ -154,7 +150,7 @@ def error_reason(error: Exception, endpoint: str) -> str:
         details = error.response.get("Error", {})
         status = str(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "?"))
         code = details.get("Code") or "Unknown"
-        message = _one_line(details.get("Message") or "")
+        message = one_line(details.get("Message") or "")
         if code == status:  # not an SQS error: some other server answered
             return f"{endpoint} answered HTTP {status}" + (f": {message}" if message else "")
         return f"{code}: {message or f'HTTP {status} without a message'}"
@@ -165,8 +161,8 @@ def error_reason(error: Exception, endpoint: str) -> str:
     if isinstance(error, botocore.exceptions.ReadTimeoutError):
         return f"{endpoint} did not answer within {CHECK_READ_TIMEOUT_SECONDS:g} s"
     if isinstance(error, botocore.exceptions.ConnectionError):
-        return f"cannot reach {endpoint}: {_os_reason(error) or _one_line(error)}"
-    return f"cannot use {endpoint}: {_one_line(error)}"
+        return f"cannot reach {endpoint}: {_os_reason(error) or one_line(error)}"
+    return f"cannot use {endpoint}: {one_line(error)}"
 
 
 def _int(attributes: Mapping[str, str], name: str) -> int | None:
@@ -217,7 +213,7 @@ def probe_sqs_status(queue: SqsQueue) -> SqsStatus:
             configured=True,
             reachable=False,
             endpoint_url=endpoint,
-            error=f"the SQS endpoint is not usable: {_one_line(error)}",
+            error=f"the SQS endpoint is not usable: {one_line(error)}",
             **configuration,
         )
     try:

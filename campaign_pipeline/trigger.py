@@ -7,7 +7,6 @@ per `campaign_id` tag) and the campaign's lease treat it like any other run.
 """
 
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ from gql.transport.requests import RequestsHTTPTransport
 from campaign_pipeline.jobs import campaign_run_config, campaign_tags
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.settings import campaign_send_processes
+from campaign_pipeline.text import canonical_campaign_id, one_line
 
 DAGSTER_URL_VARIABLE = "DAGSTER_URL"
 DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
@@ -94,10 +94,6 @@ class RunOutcome:
     reason: str | None = None
 
 
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
-
-
 def parse_header(text: str) -> tuple[str, str]:
     """`"Name: value"` as `(name, value)`; raises `ValueError` for anything else."""
     name, separator, value = text.partition(":")
@@ -110,9 +106,9 @@ def parse_header(text: str) -> tuple[str, str]:
 def campaign_id_or_error(raw: str) -> str:
     """The campaign id in canonical UUID form; raises `TriggerError` if it is not a UUID."""
     try:
-        return str(uuid.UUID(raw))
-    except ValueError:
-        raise TriggerError(f"campaign id {raw!r} is not a UUID") from None
+        return canonical_campaign_id(raw)
+    except ValueError as error:
+        raise TriggerError(str(error)) from None
 
 
 def check_processable(store: CampaignStore, campaign_id: str) -> TriggerableCampaign:
@@ -148,9 +144,9 @@ def _failure_reason(events: Iterable[Mapping[str, Any]]) -> str | None:
         if kind == "ExecutionStepFailureEvent":
             description = (event.get("failureMetadata") or {}).get("description")
             error = (event.get("error") or {}).get("message")
-            return f"step {event.get('stepKey')}: {_one_line(description or error or '?')}"
+            return f"step {event.get('stepKey')}: {one_line(description or error or '?')}"
         if kind in ("RunFailureEvent", "RunCanceledEvent") and fallback is None:
-            fallback = _one_line(event.get("message") or "") or None
+            fallback = one_line(event.get("message") or "") or None
     return fallback
 
 
@@ -224,7 +220,7 @@ class DagsterWebserver:
             if isinstance(seen, TransportQueryError):
                 detail = seen.errors[0].get("message") if seen.errors else seen
                 return TriggerError(f"the Dagster webserver at {self.shown_url} answered: {detail}")
-        return TriggerError(f"the Dagster webserver at {self.shown_url} failed: {_one_line(error)}")
+        return TriggerError(f"the Dagster webserver at {self.shown_url} failed: {one_line(error)}")
 
     def _query(self, query: str, variables: Mapping[str, Any]) -> dict[str, Any]:
         try:
@@ -244,7 +240,7 @@ class DagsterWebserver:
             raise self._unusable(TransportProtocolError("not JSON")) from None
         if not isinstance(body, dict) or body.get("errors") or "data" not in body:
             errors = body.get("errors") if isinstance(body, dict) else None
-            detail = _one_line(errors[0].get("message", errors[0])) if errors else "no data"
+            detail = one_line(errors[0].get("message", errors[0])) if errors else "no data"
             raise TriggerError(f"the Dagster webserver at {self.shown_url} answered: {detail}")
         return body["data"]
 
@@ -260,7 +256,7 @@ class DagsterWebserver:
             },
         )["runsOrError"]
         if data["__typename"] != "Runs":
-            raise TriggerError(f"Dagster could not list runs: {_one_line(data.get('message'))}")
+            raise TriggerError(f"Dagster could not list runs: {one_line(data.get('message'))}")
         return [(run["runId"], run["status"]) for run in data["results"]]
 
     def launch(self, run_config: Mapping[str, Any], tags: Mapping[str, str]) -> str:
@@ -280,9 +276,7 @@ class DagsterWebserver:
                 detail = error.args[1]
                 if isinstance(detail, list):  # config validation errors
                     detail = "; ".join(str(item.get("message", item)) for item in detail)
-                raise TriggerError(
-                    f"Dagster refused the run: {kind}: {_one_line(detail)}"
-                ) from None
+                raise TriggerError(f"Dagster refused the run: {kind}: {one_line(detail)}") from None
             raise self._unusable(error) from None
 
     def run_status(self, run_id: str) -> dg.DagsterRunStatus:

@@ -67,6 +67,14 @@ def test_phone_numbers_are_masked_in_error_text() -> None:
     assert mask_phone_numbers("bad number +14155550123 here") == "bad number ***23 here"
 
 
+def test_masking_leaves_uuids_and_hyphenated_ids_whole() -> None:
+    """Run and campaign ids are what people search logs for: their digit runs are not phones."""
+    text = "run 123e4567-e89b-12d3-a456-426614174000 failed for +14155550123 (call 4155550199)"
+    assert mask_phone_numbers(text) == (
+        "run 123e4567-e89b-12d3-a456-426614174000 failed for ***23 (call ***99)"
+    )
+
+
 def test_send_batch_retries_only_retryable_entries_and_never_resends_accepted() -> None:
     """A 200 with Failed entries: throttled and server faults go again, sender faults are final."""
     queue, stubber = stubbed_queue()

@@ -1,6 +1,5 @@
 """Ops that claim a campaign, queue its messages on SQS and record the result."""
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ from campaign_pipeline.resources.campaign_store import (
     IdRange,
 )
 from campaign_pipeline.resources.sqs_queue import SqsQueue
+from campaign_pipeline.text import canonical_campaign_id
 
 # A dropped database connection is worth another try; anything else about the database is not.
 TRANSIENT_DATABASE_ERRORS = (sa.exc.OperationalError, sa.exc.InterfaceError)
@@ -161,11 +161,9 @@ def claim_campaign(
 ) -> ClaimedCampaign:
     """Move the campaign from asset_generated to ready_to_launch (or resume it) for this run."""
     try:
-        campaign_id = str(uuid.UUID(config.campaign_id))
-    except ValueError:
-        raise dg.Failure(
-            description=f"campaign id {config.campaign_id!r} is not a UUID", allow_retries=False
-        ) from None
+        campaign_id = canonical_campaign_id(config.campaign_id)
+    except ValueError as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from None
     try:
         claim = _claim_or_take_over(context, campaign_store, campaign_id, config.lease_seconds)
         check_campaign_message(claim.message)

@@ -28,7 +28,9 @@ THROTTLING_CODES = frozenset(
 )
 
 GROUP_ID_VARIABLE = "SQS_MESSAGE_GROUP_ID"
-_PHONE_LIKE = re.compile(r"\+?\d[\d ().-]{5,}\d")
+# Not inside a longer word or hyphenated id: the digit runs of UUIDs (run and campaign ids,
+# which people search logs for) and hex ids stay as they are.
+_PHONE_LIKE = re.compile(r"(?<![\w-])\+?\d[\d ().-]{5,}\d(?![\w-])")
 
 
 def mask_phone_numbers(text: str) -> str:
