@@ -45,6 +45,33 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
+def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run `python -m campaign_pipeline.cli ARGS...` as a subprocess in `cwd`."""
+    return subprocess.run(
+        [sys.executable, "-m", "campaign_pipeline.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def assert_one_line_error(
+    result: subprocess.CompletedProcess[str], *fragments: str, status: int = 2
+) -> str:
+    """The command failed with `status`, no traceback and one stderr line holding `fragments`."""
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    assert result.returncode == status, output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
 @pytest.fixture(autouse=True)
 def aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fake credentials and no ambient AWS config, so nothing can reach real AWS."""

@@ -9,8 +9,6 @@ import json
 import os
 import re
 import sqlite3
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -22,36 +20,11 @@ import sqlalchemy as sa
 from campaign_pipeline.demo import DEMO_CAMPAIGNS, port_is_open
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.schema import campaign_audience
-from tests.conftest import drain, free_port
+from tests.conftest import assert_one_line_error, drain, free_port, run_cli
 
 ORGANIZATION_ID = "123e4567-e89b-12d3-a456-426614174000"
 # Telemetry off: tests neither print Dagster's first-run notice nor record usage.
 DAGSTER_YAML = "telemetry:\n  enabled: false\n"
-
-
-def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "campaign_pipeline.cli", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def assert_one_line_error(
-    result: subprocess.CompletedProcess[str], *fragments: str, status: int = 2
-) -> str:
-    output = result.stdout + result.stderr
-    assert "Traceback" not in output, output
-    assert result.returncode == status, output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture

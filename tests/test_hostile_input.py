@@ -15,7 +15,6 @@ recipients fails with that reason.
 import json
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from campaign_pipeline.payloads import (
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
 from campaign_pipeline.schema import campaign_audience
-from tests.conftest import REGION
+from tests.conftest import REGION, run_cli
 from tests.invariant import check_campaign_invariant, drain_queue
 from tests.test_payloads import assert_valid_payloads
 
@@ -719,15 +718,7 @@ def cli_env(
 
 
 def run_process(campaign_id: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "campaign_pipeline.cli", "process", campaign_id],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli("process", campaign_id, env=env, cwd=cwd)
 
 
 @pytest.mark.parametrize(

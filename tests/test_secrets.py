@@ -15,8 +15,6 @@ import contextlib
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 import uuid
 import zlib
 from collections.abc import Callable, Iterator
@@ -32,7 +30,7 @@ from campaign_pipeline.ops import CampaignConfig
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
 from campaign_pipeline.schema import campaign_audience, campaigns
-from tests.conftest import free_port
+from tests.conftest import free_port, run_cli
 from tests.invariant import check_campaign_invariant
 
 ORGANIZATION_ID = "123e4567-e89b-12d3-a456-426614174000"
@@ -170,18 +168,6 @@ def add_campaign(store: CampaignStore) -> str:
         + [{"phone_number": phone, "name": "bad"} for phone in INVALID_PHONES],
     )
     return campaign_id
-
-
-def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "campaign_pipeline.cli", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_successful_run_exposes_no_secret_and_no_phone_number(

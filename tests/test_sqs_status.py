@@ -8,8 +8,6 @@ AWS_SECRET_ACCESS_KEY is planted in every test; it must never show.
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -25,7 +23,7 @@ from campaign_pipeline.ops.sqs_status import SQS_QUEUE_ASSET
 from campaign_pipeline.resources.sqs_queue import SqsQueue
 from campaign_pipeline.schedules import sqs_status_schedule
 from campaign_pipeline.sqs_status import SqsStatus, probe_sqs_status, sqs_status_from_environment
-from tests.conftest import REGION, free_port
+from tests.conftest import REGION, free_port, run_cli
 
 SECRET = "planted-Secret-4f9c1e-must-not-show"
 ACCOUNT = "123456789012"
@@ -61,18 +59,6 @@ def fill_standard_queue(sqs_client: Any, url: str) -> None:
     sqs_client.send_message(QueueUrl=url, MessageBody="later", DelaySeconds=600)
     received = sqs_client.receive_message(QueueUrl=url, MaxNumberOfMessages=2)
     assert len(received["Messages"]) == 2
-
-
-def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "campaign_pipeline.cli", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def cli_env(**variables: str) -> dict[str, str]:

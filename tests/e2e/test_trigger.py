@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from campaign_pipeline.resources.campaign_store import CampaignStore
-from tests.conftest import free_port
+from tests.conftest import assert_one_line_error, free_port
 from tests.e2e.conftest import (
     BIN,
     ORGANIZATION_ID,
@@ -32,19 +32,6 @@ from tests.e2e.conftest import (
 )
 
 pytestmark = pytest.mark.timeout(150)
-
-
-def assert_one_line_error(
-    result: subprocess.CompletedProcess[str], *fragments: str, status: int = 2
-) -> str:
-    output = result.stdout + result.stderr
-    assert "Traceback" not in output, output
-    assert result.returncode == status, output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def test_trigger_wait_runs_the_campaign_once_and_refuses_a_second_trigger(
