@@ -1,0 +1,116 @@
+"""The commands that only look: `messages` (the queue's contents) and `sqs-status` (its health)."""
+
+import argparse
+import json
+from typing import Any
+
+from campaign_pipeline.cli.common import (
+    PROG,
+    QUEUE_URL_VARIABLE,
+    Commands,
+    ParentParsers,
+    err,
+    open_queue,
+    out,
+    pretty,
+    whole_number,
+)
+from campaign_pipeline.sqs_status import sqs_status_from_environment
+
+MESSAGES_DESCRIPTION = (
+    "Print up to --limit messages waiting in the queue ($AWS_SQS_QUEUE_URL in $AWS_REGION; "
+    "$AWS_ENDPOINT_URL_SQS for a local server) as a JSON list. They are received with "
+    "VisibilityTimeout=0: nothing is deleted or hidden from the real consumer. SQS may then "
+    "return the same messages again (a FIFO queue hands out a group's later messages only once "
+    "the earlier ones are deleted; a standard queue returns a sample), so expect at most about "
+    "ten messages per message group. Each receive adds one to ApproximateReceiveCount, which a "
+    "redrive policy's maxReceiveCount counts too."
+)
+
+SQS_STATUS_DESCRIPTION = (
+    "Show whether SQS is configured ($AWS_SQS_QUEUE_URL in $AWS_REGION; $AWS_ENDPOINT_URL_SQS "
+    "for a local server; never credentials), whether the queue answers, and its attributes: "
+    "approximate visible, in-flight and delayed messages, maximum message size, retention, "
+    "visibility timeout and dead-letter queue. Exit status 0 when the queue answers, 1 when it "
+    "does not (unreachable, missing, refused), 2 when SQS is not configured."
+)
+
+
+def peek_messages(client: Any, queue_url: str, limit: int) -> list[dict[str, Any]]:
+    """Up to `limit` messages in the queue, received with VisibilityTimeout=0 (none consumed).
+
+    Stops when a receive brings nothing new: see `MESSAGES_DESCRIPTION` for why that can be
+    fewer than `limit`.
+    """
+    seen: dict[str, dict[str, Any]] = {}
+    for _ in range(limit // 10 * 3 + 3):
+        response = client.receive_message(
+            QueueUrl=queue_url,
+            MaxNumberOfMessages=min(10, limit - len(seen)),
+            VisibilityTimeout=0,
+            WaitTimeSeconds=0,
+        )
+        new = [m for m in response.get("Messages", []) if m["MessageId"] not in seen]
+        if not new:
+            break
+        for message in new[: limit - len(seen)]:
+            seen[message["MessageId"]] = message
+        if len(seen) >= limit:
+            break
+    return list(seen.values())
+
+
+def message_body(message: dict[str, Any]) -> Any:
+    """The message's body as JSON, or as the text it is when it is not JSON."""
+    try:
+        return json.loads(message["Body"])
+    except (json.JSONDecodeError, TypeError):
+        return message["Body"]
+
+
+def cmd_messages(args: argparse.Namespace) -> int:
+    """Print messages waiting in the queue as a JSON list, without consuming them."""
+    queue = open_queue(args.queue_url)
+    total = queue.attributes().get("ApproximateNumberOfMessages", "?")
+    messages = peek_messages(queue.client, queue.queue_url, args.limit)
+    err(
+        f"{len(messages)} of about {total} messages in {queue.queue_url} "
+        "(received with VisibilityTimeout=0: still in the queue)"
+    )
+    out(pretty([message_body(message) for message in messages]))
+    return 0
+
+
+def cmd_sqs_status(args: argparse.Namespace) -> int:
+    """Print the queue's configuration and attributes; 1 if it does not answer, 2 if unset."""
+    status = sqs_status_from_environment()
+    out(pretty(status.as_dict()) if args.json else status.format_table())
+    if status.error:
+        err(f"{PROG}: error: {status.error}")
+    if not status.configured:
+        return 2
+    return 0 if status.reachable else 1
+
+
+def add_commands(commands: Commands, parents: ParentParsers) -> None:
+    """Add `messages` and `sqs-status`."""
+    messages = commands.add_parser(
+        "messages",
+        parents=[parents.common],
+        help="show messages waiting in the queue without consuming them",
+        description=MESSAGES_DESCRIPTION,
+    )
+    messages.add_argument(
+        "--limit", type=whole_number(1), default=10, help="most messages to show (default 10)"
+    )
+    messages.add_argument("--queue-url", help=f"queue to read (default ${QUEUE_URL_VARIABLE})")
+    messages.set_defaults(handler=cmd_messages)
+
+    sqs_status = commands.add_parser(
+        "sqs-status",
+        parents=[parents.common],
+        help="show whether the queue answers, its depth and settings",
+        description=SQS_STATUS_DESCRIPTION,
+    )
+    sqs_status.add_argument("--json", action="store_true", help="print the status as JSON")
+    sqs_status.set_defaults(handler=cmd_sqs_status)

@@ -1,0 +1,213 @@
+"""The commands that change things: `init-db`, `process` (a run here), `trigger` (one there)."""
+
+import argparse
+import os
+from pathlib import Path
+
+import dagster as dg
+import sqlalchemy as sa
+
+from campaign_pipeline.cli.common import (
+    JOB_NAME,
+    PROG,
+    QUEUE_URL_VARIABLE,
+    REGION_VARIABLE,
+    CliError,
+    Commands,
+    ParentParsers,
+    database_reason,
+    display_database_url,
+    ensure_dagster_home,
+    err,
+    failure_description,
+    log_level,
+    open_queue,
+    open_store,
+    out,
+    parse_campaign_id,
+    sqlite_file,
+    whole_number,
+    with_console_log_level,
+)
+from campaign_pipeline.dispatch import merge_stats
+from campaign_pipeline.resources.campaign_store import (
+    DATABASE_URL_VARIABLE,
+    CampaignStore,
+    default_database_url,
+)
+
+# libpq's default is to wait about two minutes for a server that does not answer.
+POSTGRES_CONNECT_TIMEOUT_SECONDS = "10"
+
+
+def cmd_init_db(args: argparse.Namespace) -> int:
+    """Create the campaign tables that do not exist yet."""
+    os.environ.setdefault("PGCONNECT_TIMEOUT", POSTGRES_CONNECT_TIMEOUT_SECONDS)
+    url = default_database_url()
+    shown = display_database_url(url)
+    database_file = sqlite_file(url)
+    if database_file is not None:
+        database_file.parent.mkdir(parents=True, exist_ok=True)
+    store = CampaignStore(database_url=url)
+    try:
+        store.create_schema()
+    except (sa.exc.SQLAlchemyError, ValueError) as error:
+        raise CliError(f"cannot create the schema in {shown}: {database_reason(error)}") from None
+    store.engine.dispose()
+    out(f"Campaign database ready: {shown}")
+    return 0
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    """Check everything a run needs, run the job for one campaign here, print its summary."""
+    campaign_id = parse_campaign_id(args.campaign_id)
+    os.environ.setdefault("PGCONNECT_TIMEOUT", POSTGRES_CONNECT_TIMEOUT_SECONDS)
+    url = default_database_url()
+    # Pin the database before DAGSTER_HOME may change below: the run must use the one checked
+    # here (and the one `init-db` made), which the default derives from DAGSTER_HOME.
+    os.environ[DATABASE_URL_VARIABLE] = url
+    shown = display_database_url(url)
+    store = open_store(url)
+    try:
+        campaign = store.get_campaign(campaign_id)
+    except sa.exc.SQLAlchemyError as error:
+        raise CliError(f"cannot read campaigns from {shown}: {database_reason(error)}") from None
+    finally:
+        store.engine.dispose()
+    if campaign is None:
+        raise CliError(f"campaign {campaign_id} does not exist in {shown}")
+    open_queue()
+    ensure_dagster_home(Path(".dagster"))
+
+    from campaign_pipeline.definitions import defs  # importing it reads the settings
+    from campaign_pipeline.jobs import campaign_run_config, campaign_tags
+
+    job = defs.get_job_def(JOB_NAME)
+    with dg.DagsterInstance.get() as instance:
+        run_config = with_console_log_level(campaign_run_config(campaign_id), log_level(args))
+        if args.max_concurrent_batches:
+            # Configuring a resource at launch takes all its required fields, as variable names.
+            sqs_config = {
+                "queue_url": {"env": QUEUE_URL_VARIABLE},
+                "region_name": {"env": REGION_VARIABLE},
+                "max_concurrent_batches": args.max_concurrent_batches,
+            }
+            run_config["resources"] = {"sqs_queue": {"config": sqs_config}}
+        result = job.execute_in_process(
+            run_config=run_config,
+            tags=campaign_tags(campaign_id, campaign["organization_id"]),
+            instance=instance,
+            raise_on_error=False,
+        )
+    if not result.success:
+        err(f"{PROG}: run {result.run_id} failed in {failure_description(result)}")
+        return 1
+    counts = result.output_for_node("complete_campaign")
+    stats = merge_stats(result.output_for_node("send_campaign_messages").values())
+    out(
+        f"run {result.run_id} campaign {campaign_id}: {counts['ready_to_send']} queued, "
+        f"{counts['failed']} failed, {counts['pending']} pending in {stats.seconds:.2f} s "
+        f"({stats.messages_per_second:.1f} messages/s)"
+    )
+    return 0
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    """Launch process_campaign_messages for one campaign through the webserver's GraphQL API."""
+    from campaign_pipeline import trigger  # dagster-graphql is only needed here
+
+    try:
+        campaign_id = trigger.campaign_id_or_error(args.campaign_id)
+        url = (
+            args.dagster_url
+            or os.environ.get(trigger.DAGSTER_URL_VARIABLE)
+            or trigger.DEFAULT_DAGSTER_URL
+        )
+        webserver = trigger.DagsterWebserver(url, dict(args.header))
+        database_url = default_database_url()
+        store = open_store(database_url)
+        try:
+            return trigger.trigger(
+                store, webserver, campaign_id, wait=args.wait, out=out, err=_err_prefixed
+            )
+        except sa.exc.SQLAlchemyError as error:
+            shown = display_database_url(database_url)
+            raise CliError(
+                f"cannot read campaigns from {shown}: {database_reason(error)}"
+            ) from None
+        finally:
+            store.engine.dispose()
+    except trigger.TriggerError as error:
+        raise CliError(str(error)) from None
+
+
+def _err_prefixed(text: str) -> None:
+    err(f"{PROG}: {text}")
+
+
+def _header(text: str) -> tuple[str, str]:
+    from campaign_pipeline.trigger import parse_header
+
+    try:
+        return parse_header(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_commands(commands: Commands, parents: ParentParsers) -> None:
+    """Add `init-db`, `process` and `trigger`."""
+    init_db = commands.add_parser(
+        "init-db",
+        parents=[parents.common],
+        help="create the campaign tables (safe to repeat)",
+        description="Create the campaign tables in CAMPAIGN_DATABASE_URL (default: campaigns.db "
+        "in $DAGSTER_HOME, else the working directory). Existing tables are kept.",
+    )
+    init_db.set_defaults(handler=cmd_init_db)
+
+    process = commands.add_parser(
+        "process",
+        parents=[parents.common, parents.verbose],
+        help="queue one campaign's messages now",
+        description="Run process_campaign_messages for one campaign in this process, recorded "
+        "in the Dagster instance at $DAGSTER_HOME (default ./.dagster).",
+    )
+    process.add_argument("campaign_id", metavar="CAMPAIGN_ID", help="UUID of the campaign")
+    process.add_argument(
+        "--max-concurrent-batches",
+        type=whole_number(1, 256),
+        help="SendMessageBatch calls in flight at once (default: the resource's, 64)",
+    )
+    process.set_defaults(handler=cmd_process)
+
+    trigger = commands.add_parser(
+        "trigger",
+        parents=[parents.common],
+        help="start a campaign's run through the Dagster webserver (GraphQL)",
+        description="Launch process_campaign_messages for one campaign through the Dagster "
+        "webserver's GraphQL API, with the sensor's run config and tags, and print the run's "
+        "id and UI link. Refused, with exit status 2, for an unknown campaign, one whose status "
+        "cannot be processed, or one with a run already queued or running. The campaign is read "
+        "from CAMPAIGN_DATABASE_URL.",
+    )
+    trigger.add_argument("campaign_id", metavar="CAMPAIGN_ID", help="UUID of the campaign")
+    trigger.add_argument(
+        "--dagster-url",
+        metavar="URL",
+        help="the webserver (default $DAGSTER_URL, else http://127.0.0.1:3000)",
+    )
+    trigger.add_argument(
+        "--header",
+        type=_header,
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="HTTP header for a proxy in front of the webserver, e.g. 'Authorization: Bearer "
+        "...' (repeatable)",
+    )
+    trigger.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the run to its end; exit status 1 if it failed or was canceled",
+    )
+    trigger.set_defaults(handler=cmd_trigger)
