@@ -9,6 +9,7 @@ from campaign_pipeline.resources.sqs_queue import SqsQueue
 from campaign_pipeline.schedules import sqs_status_schedule
 from campaign_pipeline.sensors import (
     asset_generated_campaigns_sensor,
+    pause_campaign_of_terminated_run,
     record_campaign_run_failure,
     resume_stalled_campaigns_sensor,
 )
@@ -18,6 +19,7 @@ defs = dg.Definitions(
     sensors=[
         asset_generated_campaigns_sensor,
         record_campaign_run_failure,
+        pause_campaign_of_terminated_run,
         resume_stalled_campaigns_sensor,
     ],
     schedules=[sqs_status_schedule],

@@ -4,6 +4,10 @@ The loop behind the `send_campaign_messages` op, free of Dagster: read a chunk o
 recipients, build and validate their payloads, send the valid ones in overlapping batches of
 ten, and write outcomes in windows while sending goes on. A crash loses at most the window
 not yet written; those recipients stay `pending` for the next run.
+
+A pause or cancel (the campaign's status, read every second and at every outcome write) or a
+`StopSignal` from the caller (a terminated run) stops it the same way: no new batch is sent,
+the batches in flight answer and are recorded, the rest stay `pending`.
 """
 
 import threading
@@ -17,9 +21,14 @@ from typing import TypeVar
 import polars as pl
 
 from campaign_pipeline.batching import batch_slices
+from campaign_pipeline.lifecycle import STOPPED_STATUSES
 from campaign_pipeline.payloads import CampaignMessage, build_payloads
-from campaign_pipeline.resources.campaign_store import CampaignStore, IdRange, Outcomes
+from campaign_pipeline.resources.campaign_store import CampaignStore, IdRange, Outcomes, WriteAck
 from campaign_pipeline.resources.sqs_queue import BatchResult, SqsQueue
+
+# How often a sending run reads its campaign's status: a pause stops it within about this
+# long plus the batches in flight.
+STATUS_POLL_SECONDS = 1.0
 
 
 @dataclass
@@ -32,6 +41,9 @@ class SendStats:
     batches: int = 0
     retried_entries: int = 0
     seconds: float = 0.0
+    # Why sending stopped before every pending recipient had an outcome: "paused",
+    # "cancelled" (the campaign's status) or what the caller's StopSignal said.
+    stopped: str | None = None
 
     @property
     def failed(self) -> int:
@@ -54,7 +66,26 @@ def merge_stats(parts: Iterable[SendStats]) -> SendStats:
         total.batches += part.batches
         total.retried_entries += part.retried_entries
         total.seconds = max(total.seconds, part.seconds)
+        total.stopped = total.stopped or part.stopped
     return total
+
+
+class StopSignal:
+    """Why sending must stop, set once by whoever notices first (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._reason: str | None = None
+        self._lock = threading.Lock()
+
+    def stop(self, reason: str) -> None:
+        """Ask the loop to stop; the first reason given is kept."""
+        with self._lock:
+            self._reason = self._reason or reason
+
+    @property
+    def reason(self) -> str | None:
+        """The reason given, or None while sending may go on."""
+        return self._reason
 
 
 class SendInterrupted(Exception):
@@ -87,10 +118,11 @@ class _Recorder:
     lease_seconds: float
     window: int
     stats: SendStats
+    stop: StopSignal
     outcomes: Outcomes = field(default_factory=Outcomes)
     lease_held: bool = True
     writer: ThreadPoolExecutor = field(default_factory=_writer_pool)
-    writes: deque[Future[bool]] = field(default_factory=deque)
+    writes: deque[Future[WriteAck]] = field(default_factory=deque)
 
     def add_batch(self, result: BatchResult) -> None:
         self.outcomes.add_sent(result.accepted_ids, result.message_ids)
@@ -137,32 +169,46 @@ class _Recorder:
         self.writer.shutdown(wait=True)
 
     def _settle(self) -> None:
-        self.lease_held = self.writes.popleft().result() and self.lease_held
+        ack = self.writes.popleft().result()
+        self.lease_held = ack.lease_held and self.lease_held
+        if ack.status in STOPPED_STATUSES:
+            self.stop.stop(ack.status)
 
 
-class _LeaseKeeper:
-    """Renews the run's lease on a timer while it sends, and says whether it may still send.
+class _CampaignWatch:
+    """Reads the campaign's status every second and renews the run's lease on a timer.
 
-    Outcome writes renew the lease too, but a send stuck in SQS retries can go minutes without
-    one. Renewing every third of the lease keeps a live run's claim however slow SQS is, so the
-    lease can be short and a crashed run's campaign is free again soon: within SQS's five-minute
-    FIFO deduplication window, which then drops whatever the crashed run sent but never recorded.
-    The run stops sending once its last confirmed renewal is two thirds of a lease old (the
-    database unreachable, say): another run could take over when the lease runs out.
+    A status of `paused` or `cancelled` sets the stop signal. Outcome writes renew the lease
+    too, but a send stuck in SQS retries can go minutes without one. Renewing every third of
+    the lease keeps a live run's claim however slow SQS is, so the lease can be short and a
+    crashed run's campaign is free again soon: within SQS's five-minute FIFO deduplication
+    window, which then drops whatever the crashed run sent but never recorded. The run stops
+    sending once its last confirmed renewal is two thirds of a lease old (the database
+    unreachable, say): another run could take over when the lease runs out.
     """
 
     def __init__(
-        self, store: CampaignStore, campaign_id: str, run_id: str, lease_seconds: float
+        self,
+        store: CampaignStore,
+        campaign_id: str,
+        run_id: str,
+        lease_seconds: float,
+        stop: StopSignal,
     ) -> None:
         self._renew = lambda: store.renew_lease(campaign_id, run_id, lease_seconds)
+        self._status = lambda: store.campaign_status(campaign_id)
         self._lease_seconds = lease_seconds
+        self._stop_signal = stop
         self._lost = False
         self._confirmed_at = time.monotonic()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="campaign-watch", daemon=True)
 
-    def __enter__(self) -> "_LeaseKeeper":
-        self._confirm()  # at once: the claim may be a while ago (another step, another process)
+    def __enter__(self) -> "_CampaignWatch":
+        # At once: the claim may be a while ago (another step, another process), and a pause
+        # may have come since.
+        self._confirm()
+        self._check_status()
         self._thread.start()
         return self
 
@@ -190,9 +236,23 @@ class _LeaseKeeper:
         else:
             self._lost = True
 
+    def _check_status(self) -> None:
+        try:
+            status = self._status()
+        except Exception:  # unreachable: the lease renewal notices if it lasts
+            return
+        if status in STOPPED_STATUSES:
+            self._stop_signal.stop(status)
+
     def _loop(self) -> None:
-        while not self._stop.wait(self._lease_seconds / 3) and not self._lost:
-            self._confirm()
+        renew_every = self._lease_seconds / 3
+        poll_every = min(STATUS_POLL_SECONDS, renew_every)
+        renewed_at = time.monotonic()
+        while not self._stop.wait(poll_every) and not self._lost:
+            self._check_status()
+            if time.monotonic() - renewed_at >= renew_every:
+                renewed_at = time.monotonic()
+                self._confirm()
 
 
 def _batches(
@@ -227,7 +287,7 @@ def _queue_chunks(
     recipients_per_chunk: int,
     id_range: IdRange | None,
     recorder: _Recorder,
-    lease: _LeaseKeeper,
+    lease: _CampaignWatch,
     on_chunk: Callable[[SendStats], None],
     started: float,
 ) -> None:
@@ -238,14 +298,19 @@ def _queue_chunks(
             lease.lost()
         return lease.held()
 
+    def keep_sending() -> bool:
+        return recorder.stop.reason is None and lease_held()
+
     max_bytes = queue.max_message_bytes()
     chunks = store.iter_pending_recipients(message.campaign_id, recipients_per_chunk, id_range)
     for built in _prefetched(build_payloads(message, chunk, max_bytes) for chunk in chunks):
+        if recorder.stop.reason is not None:
+            break
         stats.recipients += built.height
         recorder.add_invalid(built.filter(pl.col("failure_reason").is_not_null()))
         valid = built.filter(pl.col("failure_reason").is_null())
         error: Exception | None = None
-        batches = _batches(valid, max_bytes, lease_held)
+        batches = _batches(valid, max_bytes, keep_sending)
         for result in queue.send_batches(message.campaign_id, batches):
             stats.batches += 1
             stats.retried_entries += result.retried_entries
@@ -257,6 +322,8 @@ def _queue_chunks(
             raise SendInterrupted(
                 f"SQS failed past its retries: {type(error).__name__}: {error}", stats
             ) from error
+        if recorder.stop.reason is not None:
+            break
         if not lease_held():
             raise SendInterrupted(
                 f"run {run_id} no longer holds campaign {message.campaign_id} (another run took "
@@ -265,6 +332,7 @@ def _queue_chunks(
                 stats,
             )
         on_chunk(stats)
+    stats.stopped = recorder.stop.reason
 
 
 def queue_campaign_messages(
@@ -278,19 +346,23 @@ def queue_campaign_messages(
     lease_seconds: float,
     id_range: IdRange | None = None,
     on_chunk: Callable[[SendStats], None] = lambda stats: None,
+    stop: StopSignal | None = None,
 ) -> SendStats:
     """Queue every pending recipient of the campaign; return what happened.
 
-    Raises `SendInterrupted` (after recording every confirmed outcome) when SQS keeps failing
-    past its retries or another run took the campaign over.
+    Returns early, with `stopped` set and every confirmed outcome recorded, when the campaign
+    is paused or cancelled or `stop` is signalled. Raises `SendInterrupted` (after recording
+    every confirmed outcome) when SQS keeps failing past its retries or another run took the
+    campaign over.
     """
     started = time.perf_counter()
     stats = SendStats()
+    stop = stop or StopSignal()
     recorder = _Recorder(
-        store, message.campaign_id, run_id, lease_seconds, outcomes_per_write, stats
+        store, message.campaign_id, run_id, lease_seconds, outcomes_per_write, stats, stop
     )
     try:
-        with _LeaseKeeper(store, message.campaign_id, run_id, lease_seconds) as lease:
+        with _CampaignWatch(store, message.campaign_id, run_id, lease_seconds, stop) as lease:
             _queue_chunks(
                 message,
                 store,

@@ -11,14 +11,36 @@ from campaign_pipeline.ops import (
     plan_shards,
     send_campaign_messages,
 )
+from campaign_pipeline.ops.process_campaign import CAMPAIGN_NAME_TAG, campaign_name_tag
 from campaign_pipeline.ops.sqs_status import record_sqs_status
+from campaign_pipeline.settings import campaign_send_processes
 
 # Imported once by the multiprocess executor's fork server, so a step process starts warm.
 FORKSERVER_PRELOAD = "campaign_pipeline.definitions"
+CAMPAIGN_ID_TAG = "campaign_id"
+
+# One partition per campaign (its id), added by whoever launches its first run: Jobs ->
+# process_campaign_messages -> Partitions then lists campaigns with their latest run.
+campaign_partitions = dg.DynamicPartitionsDefinition(name="campaigns")
+
+
+def _run_config_for_partition(campaign_id: str) -> dict[str, Any]:
+    return campaign_run_config(campaign_id, campaign_send_processes())
+
+
+def _tags_for_partition(campaign_id: str) -> dict[str, str]:
+    return {CAMPAIGN_ID_TAG: campaign_id}
 
 
 @dg.job(
     description="Turn one generated campaign into WhatsApp messages on SQS.",
+    # A run of a partition (a backfill, the launchpad) gets the config and the campaign_id tag
+    # (one run per campaign at a time) every other launcher gives it.
+    config=dg.PartitionedConfig(
+        partitions_def=campaign_partitions,
+        run_config_for_partition_key_fn=_run_config_for_partition,
+        tags_for_partition_key_fn=_tags_for_partition,
+    ),
     # In-process or multiprocess, chosen per run in its config (see `campaign_run_config`).
     executor_def=dg.multi_or_in_process_executor,
     # A run retried by the daemon (a crashed run) starts over from the claim, never from the
@@ -59,11 +81,15 @@ def campaign_run_config(
     }
 
 
-def campaign_tags(campaign_id: str, organization_id: str | None) -> dict[str, str]:
+def campaign_tags(
+    campaign_id: str, organization_id: str | None, name: str | None = None
+) -> dict[str, str]:
     """Tags that find a campaign's runs in the UI (and limit them to one at a time)."""
-    tags = {"campaign_id": campaign_id}
+    tags = {CAMPAIGN_ID_TAG: campaign_id}
     if organization_id:
         tags["organization_id"] = organization_id
+    if name:
+        tags[CAMPAIGN_NAME_TAG] = campaign_name_tag(name)
     return tags
 
 

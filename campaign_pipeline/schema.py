@@ -5,6 +5,9 @@ import sqlalchemy as sa
 metadata = sa.MetaData()
 
 AUDIENCE_STATUSES = ("pending", "ready_to_send", "failed")
+# `draft` and `asset_generated` are set upstream; the pipeline moves a campaign to
+# `ready_to_launch` (and `failed`); operators to `paused` and `cancelled` (see `lifecycle.py`).
+CAMPAIGN_STATUSES = ("draft", "asset_generated", "ready_to_launch", "paused", "cancelled", "failed")
 
 campaigns = sa.Table(
     "campaigns",
@@ -44,7 +47,21 @@ campaigns = sa.Table(
     # The run that may send for this campaign, until when: two runs never send at once.
     sa.Column("lease_run_id", sa.String(64)),
     sa.Column("lease_expires_at", sa.DateTime(timezone=True)),
+    # Not started before this time (NULL: as soon as it reaches asset_generated).
+    sa.Column("send_at", sa.DateTime(timezone=True)),
+    # Who paused, resumed or cancelled the campaign last, and when ("alice@host (cli)", say).
+    sa.Column("paused_at", sa.DateTime(timezone=True)),
+    sa.Column("paused_by", sa.Text),
+    sa.Column("cancelled_at", sa.DateTime(timezone=True)),
+    sa.Column("cancelled_by", sa.Text),
+    # Set by `resume` to ready_to_launch, cleared by the claim: the processing sensor starts it.
+    sa.Column("resumed_at", sa.DateTime(timezone=True)),
+    sa.Column("resumed_by", sa.Text),
     sa.Index("ix_campaigns_status_updated_at", "status", "updated_at"),
+    # The processing sensor's next scheduled campaign.
+    sa.Index("ix_campaigns_status_send_at", "status", "send_at"),
+    # Campaigns `resume` handed back to the processing sensor: few, and found without a scan.
+    sa.Index("ix_campaigns_resumed_at", "resumed_at"),
 )
 
 campaign_audience = sa.Table(

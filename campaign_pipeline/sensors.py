@@ -1,4 +1,4 @@
-"""The sensors that start, record and resume runs of process_campaign_messages."""
+"""The sensors that start, record, pause and resume runs of process_campaign_messages."""
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -6,8 +6,13 @@ from typing import Any
 
 import dagster as dg
 
-from campaign_pipeline.jobs import campaign_run_config, campaign_tags, process_campaign_messages
-from campaign_pipeline.resources.campaign_store import CampaignStore
+from campaign_pipeline.jobs import (
+    campaign_partitions,
+    campaign_run_config,
+    campaign_tags,
+    process_campaign_messages,
+)
+from campaign_pipeline.resources.campaign_store import CampaignStore, as_utc
 from campaign_pipeline.resources.sqs_queue import mask_phone_numbers
 from campaign_pipeline.settings import (
     background_job_interval_seconds,
@@ -40,24 +45,39 @@ MAX_ERROR_CHARACTERS = 1_000
 def asset_generated_campaigns_sensor(
     context: dg.SensorEvaluationContext, campaign_store: CampaignStore
 ) -> dg.SensorResult | dg.SkipReason:
-    """One run request per waiting campaign, at most CAMPAIGN_BATCH_SIZE per tick."""
+    """One run request per waiting campaign, at most CAMPAIGN_BATCH_SIZE per tick.
+
+    Waiting: in asset_generated with no send_at ahead, or resumed. Each campaign becomes a
+    partition of the job, so the UI lists it.
+    """
     limit = campaign_batch_size()
     processes = campaign_send_processes()
     waiting = campaign_store.campaigns_to_process(limit)
     if not waiting:
-        return dg.SkipReason("No campaign is in asset_generated.")
-    context.log.info(f"{len(waiting)} campaigns in asset_generated (at most {limit} per tick)")
+        scheduled = campaign_store.next_scheduled()
+        if scheduled is None:
+            return dg.SkipReason("No campaign is in asset_generated.")
+        return dg.SkipReason(
+            f"No campaign is due. Next: {scheduled.name!r} ({scheduled.id}) at "
+            f"{scheduled.send_at:%Y-%m-%d %H:%M:%S} UTC."
+        )
+    context.log.info(f"{len(waiting)} campaigns to start (at most {limit} per tick)")
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
-                # The version changes whenever this pipeline changes the campaign's status, so a
-                # campaign set back to asset_generated after processing is processed again.
+                # The version changes whenever this pipeline or an operator changes the
+                # campaign's status, so a campaign set back to asset_generated after processing
+                # (or resumed) is processed again.
                 run_key=f"{campaign.id}:v{campaign.version}",
                 run_config=campaign_run_config(campaign.id, processes),
-                tags=campaign_tags(campaign.id, campaign.organization_id),
+                tags=campaign_tags(campaign.id, campaign.organization_id, campaign.name),
+                partition_key=campaign.id,
             )
             for campaign in waiting
-        ]
+        ],
+        dynamic_partitions_requests=[
+            campaign_partitions.build_add_request([campaign.id for campaign in waiting])
+        ],
     )
 
 
@@ -158,6 +178,13 @@ def resume_stalled_campaigns_sensor(
     run_requests = []
     given_up = 0
     for campaign in stalled:
+        terminated = _latest_run_if_canceled(context.instance, campaign.id)
+        if terminated is not None:
+            # Terminated, and its run could not pause the campaign itself (killed outright):
+            # an operator's stop is not a stall to recover from.
+            done = pause_for_terminated_run(context.instance, campaign_store, terminated)
+            context.log.info(f"Not resuming: {done}")
+            continue
         if campaign.lease_run_id and context.instance.get_run_by_id(campaign.lease_run_id) is None:
             # A run of another instance (or of execute_in_process) may still be sending: its
             # lease is respected until it expires, as claim_campaign respects it.
@@ -186,9 +213,68 @@ def resume_stalled_campaigns_sensor(
                 run_config=campaign_run_config(campaign.id, processes),
                 tags=campaign_tags(campaign.id, campaign.organization_id)
                 | {RESUME_ATTEMPT_TAG: str(attempt)},
+                partition_key=campaign.id,
             )
         )
         context.log.info(f"Resuming campaign {campaign.id}: attempt {attempt} of {max_attempts}")
     if not run_requests:
         return dg.SkipReason(f"No campaign to resume; gave up on {given_up}.")
-    return dg.SensorResult(run_requests=run_requests)
+    return dg.SensorResult(
+        run_requests=run_requests,
+        dynamic_partitions_requests=[
+            campaign_partitions.build_add_request(
+                [request.partition_key for request in run_requests if request.partition_key]
+            )
+        ],
+    )
+
+
+def _latest_run_if_canceled(instance: dg.DagsterInstance, campaign_id: str) -> dg.DagsterRun | None:
+    """The campaign's latest run, if it was canceled (terminated)."""
+    runs = instance.get_runs(dg.RunsFilter(tags={"campaign_id": campaign_id}), limit=1)
+    if not runs or runs[0].status != dg.DagsterRunStatus.CANCELED:
+        return None
+    return runs[0]
+
+
+def pause_for_terminated_run(
+    instance: dg.DagsterInstance, campaign_store: CampaignStore, run: dg.DagsterRun
+) -> str | None:
+    """Pause the campaign of a terminated run unless it was resumed after the run ended.
+
+    Returns what was done, in one line, or None when the run names no campaign.
+    """
+    campaign_id = campaign_id_of(run)
+    if campaign_id is None:
+        return None
+    campaign = campaign_store.get_campaign(campaign_id)
+    if campaign is None:
+        return f"campaign {campaign_id} of run {run.run_id} does not exist"
+    record = instance.get_run_record_by_id(run.run_id)
+    ended = datetime.fromtimestamp(record.end_time, UTC) if record and record.end_time else None
+    resumed_at = as_utc(campaign["resumed_at"])
+    if resumed_at is not None and (ended is None or resumed_at > ended):
+        return f"campaign {campaign_id} was resumed after run {run.run_id} ended; left running"
+    if campaign["status"] not in ("asset_generated", "ready_to_launch"):
+        return f"campaign {campaign_id} is {campaign['status']!r}; nothing to pause"
+    result = campaign_store.control(
+        campaign_id, "pause", f"Dagster: run {run.run_id} was terminated"
+    )
+    return result.message
+
+
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.CANCELED,
+    monitored_jobs=[process_campaign_messages],
+    minimum_interval_seconds=campaign_processing_interval_seconds(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Pause the campaign of a run terminated from the UI or GraphQL (terminateRun), "
+    "so no sensor starts it again; `campaign-pipeline resume` continues it.",
+)
+def pause_campaign_of_terminated_run(
+    context: dg.RunStatusSensorContext, campaign_store: CampaignStore
+) -> None:
+    """A terminated run pauses its campaign itself; this catches runs that could not."""
+    done = pause_for_terminated_run(context.instance, campaign_store, context.dagster_run)
+    if done:
+        context.log.info(done)

@@ -14,6 +14,7 @@ from campaign_pipeline.resources.campaign_store import (
     CampaignStore,
     Outcomes,
     StalledCampaign,
+    WriteAck,
     normalise_database_url,
 )
 from campaign_pipeline.schema import campaign_audience, campaigns
@@ -147,7 +148,7 @@ def test_outcomes_are_written_once_and_never_overwritten(store: CampaignStore) -
     first, second, third = sorted(statuses(store, campaign_id))
     assert store.record_outcomes(
         campaign_id, "run-1", outcomes(sent={first: "m-1"}, failed={second: INJECTION}), 60
-    )
+    ).lease_held
     store.record_outcomes(campaign_id, "run-1", outcomes(failed={first: "x"}), 60)
     with store.engine.connect() as connection:
         rows = {
@@ -161,6 +162,31 @@ def test_outcomes_are_written_once_and_never_overwritten(store: CampaignStore) -
     assert rows[third].status == "pending"
 
 
+def test_outcome_writes_move_the_campaign_counts(store: CampaignStore) -> None:
+    """Live progress: every write moves queued/failed/pending by what it changed, no more."""
+    campaign_id = add_template_campaign(store)
+    add_recipients(store, campaign_id, 4)
+    claim = store.claim(campaign_id, "run-1", lease_seconds=60)
+    assert claim.counts == {"pending": 4, "ready_to_send": 0, "failed": 0}
+    first, second, third, _ = sorted(statuses(store, campaign_id))
+
+    def counts() -> tuple[int, int, int]:
+        row = store.get_campaign(campaign_id)
+        return row["queued_count"], row["failed_count"], row["pending_count"]
+
+    assert counts() == (0, 0, 4)
+    ack = store.record_outcomes(
+        campaign_id, "run-1", outcomes(sent={first: "m-1", second: "m-2"}, failed={third: "x"}), 60
+    )
+    assert ack == WriteAck(lease_held=True, status="ready_to_launch")
+    assert counts() == (2, 1, 1)
+    # Rewriting recorded recipients changes nothing, counts included.
+    store.record_outcomes(campaign_id, "run-1", outcomes(failed={first: "y", second: "z"}), 60)
+    assert counts() == (2, 1, 1)
+    store.control(campaign_id, "pause", "tester")
+    assert store.record_outcomes(campaign_id, "run-1", outcomes(), 60).status == "paused"
+
+
 def test_recording_reports_a_lost_lease(store: CampaignStore) -> None:
     """A run whose lease was taken over is told to stop, but what it sent is still recorded."""
     campaign_id = add_template_campaign(store)
@@ -171,7 +197,7 @@ def test_recording_reports_a_lost_lease(store: CampaignStore) -> None:
     (recipient,) = statuses(store, campaign_id)
     assert not store.record_outcomes(
         campaign_id, "run-1", outcomes(sent={recipient: "m-1"}), lease_seconds=60
-    )
+    ).lease_held
     assert statuses(store, campaign_id)[recipient] == "ready_to_send"
 
 

@@ -51,10 +51,19 @@ def test_nothing_waiting_says_so(store: CampaignStore) -> None:
 def test_one_run_request_per_waiting_campaign(store: CampaignStore) -> None:
     """Each waiting campaign gets a run keyed by id and version, tagged and configured."""
     campaign_id = add_campaign(store)
-    (request,) = evaluate(store).run_requests
+    result = evaluate(store)
+    (request,) = result.run_requests
     assert request.run_key == f"{campaign_id}:v0"
-    assert request.tags == {"campaign_id": campaign_id, "organization_id": ORGANIZATION_ID}
+    assert request.tags == {
+        "campaign_id": campaign_id,
+        "organization_id": ORGANIZATION_ID,
+        "campaign_name": "sensor test",
+    }
     assert request.run_config["ops"]["claim_campaign"]["config"]["campaign_id"] == campaign_id
+    # The campaign is a partition of the job, added in the same tick as its run.
+    assert request.partition_key == campaign_id
+    (added,) = result.dynamic_partitions_requests
+    assert (added.partitions_def_name, list(added.partition_keys)) == ("campaigns", [campaign_id])
     assert asset_generated_campaigns_sensor.job_name == process_campaign_messages.name
 
 

@@ -1,7 +1,9 @@
 """Ops that claim a campaign, queue its messages on SQS and record the result."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
@@ -10,9 +12,11 @@ from pydantic import Field
 from campaign_pipeline.dispatch import (
     SendInterrupted,
     SendStats,
+    StopSignal,
     merge_stats,
     queue_campaign_messages,
 )
+from campaign_pipeline.lifecycle import STOPPED_STATUSES
 from campaign_pipeline.payloads import (
     CampaignDefinitionError,
     CampaignMessage,
@@ -20,16 +24,25 @@ from campaign_pipeline.payloads import (
 )
 from campaign_pipeline.resources.campaign_store import (
     CampaignBusy,
+    CampaignScheduled,
+    CampaignStopped,
     CampaignStore,
     CampaignStoreError,
     Claim,
     IdRange,
+    as_utc,
 )
 from campaign_pipeline.resources.sqs_queue import SqsQueue
 from campaign_pipeline.text import canonical_campaign_id
 
 # A dropped database connection is worth another try; anything else about the database is not.
 TRANSIENT_DATABASE_ERRORS = (sa.exc.OperationalError, sa.exc.InterfaceError)
+# How Dagster stops a step: Terminate in the UI (GraphQL terminateRun), or Ctrl-C on `process`.
+INTERRUPTS = (dg.DagsterExecutionInterruptedError, KeyboardInterrupt)
+CAMPAIGN_NAME_TAG = "campaign_name"
+STOPPED_TAG = "campaign_pipeline/stopped"
+# Dagster caps tag values; a campaign's name is only a label.
+MAX_TAG_CHARACTERS = 200
 
 
 class CampaignConfig(dg.Config):
@@ -55,6 +68,10 @@ class CampaignConfig(dg.Config):
         ge=1,
         description="Pending recipients per send step. Steps run in parallel under the "
         "multiprocess (or a distributed) executor; keep shards coarse, each step costs seconds.",
+    )
+    send_now: bool = Field(
+        default=False,
+        description="Start a campaign whose send_at is still ahead now (`process --now`).",
     )
 
 
@@ -116,6 +133,7 @@ def _claim_or_take_over(
     campaign_store: CampaignStore,
     campaign_id: str,
     lease_seconds: float,
+    send_now: bool = False,
 ) -> Claim:
     """Claim the campaign, taking over the lease of a run this instance knows has finished.
 
@@ -125,13 +143,17 @@ def _claim_or_take_over(
     respected until it expires.
     """
     try:
-        return campaign_store.claim(campaign_id, context.run_id, lease_seconds)
+        return campaign_store.claim(campaign_id, context.run_id, lease_seconds, send_now=send_now)
     except CampaignBusy as busy:
         holder = context.instance.get_run_by_id(busy.lease_run_id)
         if holder is None or not holder.is_finished:
             raise
         claim = campaign_store.claim(
-            campaign_id, context.run_id, lease_seconds, take_over_from=busy.lease_run_id
+            campaign_id,
+            context.run_id,
+            lease_seconds,
+            take_over_from=busy.lease_run_id,
+            send_now=send_now,
         )
         context.log.warning(
             f"Took campaign {campaign_id} over from run {busy.lease_run_id}, which is "
@@ -155,18 +177,45 @@ def _claim_for_reexecution(
     context.log.info(f"Claimed campaign {campaign.id} (claimed by run {campaign.run_id} before)")
 
 
-@dg.op
-def claim_campaign(
-    context: dg.OpExecutionContext, config: CampaignConfig, campaign_store: CampaignStore
-) -> ClaimedCampaign:
-    """Move the campaign from asset_generated to ready_to_launch (or resume it) for this run."""
+def campaign_name_tag(name: str) -> str:
+    """The campaign's name as a run tag value (Dagster bounds tag values)."""
+    return name[:MAX_TAG_CHARACTERS]
+
+
+def _campaign_id_of_run(context: dg.OpExecutionContext, config: CampaignConfig) -> str:
+    """The config's campaign id, which a partitioned run's key must name too."""
     try:
         campaign_id = canonical_campaign_id(config.campaign_id)
     except ValueError as error:
         raise dg.Failure(description=str(error), allow_retries=False) from None
+    if context.has_partition_key and context.partition_key != campaign_id:
+        raise dg.Failure(
+            description=f"the run's partition {context.partition_key!r} and its config's "
+            f"campaign_id {campaign_id!r} name different campaigns",
+            allow_retries=False,
+        )
+    return campaign_id
+
+
+@dg.op(out=dg.Out(ClaimedCampaign, is_required=False))
+def claim_campaign(
+    context: dg.OpExecutionContext, config: CampaignConfig, campaign_store: CampaignStore
+) -> Iterator[dg.Output[ClaimedCampaign]]:
+    """Move the campaign from asset_generated to ready_to_launch (or resume it) for this run.
+
+    A paused, cancelled or later-scheduled campaign is left alone: the run ends without
+    sending, and without failing (an operator's decision is not an error).
+    """
+    campaign_id = _campaign_id_of_run(context, config)
     try:
-        claim = _claim_or_take_over(context, campaign_store, campaign_id, config.lease_seconds)
+        claim = _claim_or_take_over(
+            context, campaign_store, campaign_id, config.lease_seconds, config.send_now
+        )
         check_campaign_message(claim.message)
+    except (CampaignStopped, CampaignScheduled) as left_alone:
+        context.instance.add_run_tags(context.run_id, {STOPPED_TAG: str(left_alone)})
+        context.log.info(f"Nothing to do: {left_alone}")
+        return
     except CampaignDefinitionError as error:
         campaign_store.fail_campaign(campaign_id, str(error))
         raise dg.Failure(
@@ -176,7 +225,7 @@ def claim_campaign(
         raise dg.Failure(description=str(error), allow_retries=False) from None
     except TRANSIENT_DATABASE_ERRORS as error:
         raise dg.RetryRequested(max_retries=3, seconds_to_wait=2) from error
-    counts = campaign_store.count_recipients(campaign_id)
+    counts = claim.counts
     if not any(counts.values()):
         # Nothing to send is a mistake upstream, not a success to report as "0 queued".
         campaign_store.fail_campaign(campaign_id, "campaign has no recipients")
@@ -184,28 +233,33 @@ def claim_campaign(
             description=f"campaign {campaign_id} cannot be sent: campaign has no recipients",
             allow_retries=False,
         )
+    if CAMPAIGN_NAME_TAG not in context.run.tags:
+        # Launches that did not know the name (a backfill, a hand-written launchRun).
+        context.instance.add_run_tags(
+            context.run_id, {CAMPAIGN_NAME_TAG: campaign_name_tag(claim.name)}
+        )
     pending = counts["pending"]
-    context.add_output_metadata(
-        {
+    context.log.info(
+        f"{'Resumed' if claim.resumed else 'Claimed'} campaign {campaign_id} "
+        f"({claim.message.message_type}) with {pending} pending recipients"
+    )
+    yield dg.Output(
+        ClaimedCampaign(
+            message=claim.message,
+            resumed=claim.resumed,
+            recipients_per_chunk=config.recipients_per_chunk,
+            outcomes_per_write=config.outcomes_per_write,
+            lease_seconds=config.lease_seconds,
+            recipients_per_shard=config.recipients_per_shard,
+            run_id=context.run_id,
+        ),
+        metadata={
             "campaign_id": campaign_id,
             "campaign_name": claim.name,
             "message_type": claim.message.message_type,
             "resumed": claim.resumed,
             "pending_recipients": pending,
-        }
-    )
-    context.log.info(
-        f"{'Resumed' if claim.resumed else 'Claimed'} campaign {campaign_id} "
-        f"({claim.message.message_type}) with {pending} pending recipients"
-    )
-    return ClaimedCampaign(
-        message=claim.message,
-        resumed=claim.resumed,
-        recipients_per_chunk=config.recipients_per_chunk,
-        outcomes_per_write=config.outcomes_per_write,
-        lease_seconds=config.lease_seconds,
-        recipients_per_shard=config.recipients_per_shard,
-        run_id=context.run_id,
+        },
     )
 
 
@@ -221,6 +275,40 @@ def plan_shards(
     context.log.info(f"Campaign {campaign.id}: {len(id_ranges)} shards")
     for index, id_range in enumerate(id_ranges):
         yield dg.DynamicOutput(CampaignShard(campaign, id_range), mapping_key=f"shard_{index}")
+
+
+def _send_off_the_main_thread(send: Callable[[], SendStats], stop: StopSignal) -> SendStats:
+    """Run `send` on a thread; an interrupt of this (main) thread stops it the graceful way.
+
+    Dagster stops a step by raising `DagsterExecutionInterruptedError` wherever its main
+    thread is. Sending elsewhere lets the interrupt land here: the loop is told to stop, the
+    batches in flight answer and are recorded, and only then is the interrupt raised again.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="campaign-send") as runner:
+        sending: Future[SendStats] = runner.submit(send)
+        try:
+            return sending.result()
+        except INTERRUPTS:
+            stop.stop("terminated")
+            while True:
+                try:
+                    sending.result()
+                    break
+                except INTERRUPTS:  # a second interrupt: still let the batches in flight land
+                    continue
+                except Exception:  # the send's own error matters less than the interrupt
+                    break
+            raise
+
+
+def _pause_for_terminated_run(
+    context: dg.OpExecutionContext, campaign_store: CampaignStore, campaign_id: str
+) -> None:
+    """Pause the campaign of a run an operator terminated, so nothing starts it again."""
+    actor = f"Dagster: run {context.run_id} was terminated"
+    result = campaign_store.control(campaign_id, "pause", actor)
+    campaign_store.finish(campaign_id, context.run_id)
+    context.log.warning(f"{result.message}; `campaign-pipeline resume {campaign_id}` continues it")
 
 
 @dg.op
@@ -239,8 +327,10 @@ def send_campaign_messages(
             f"{stats.recipients} recipients so far: {stats.queued} queued, {stats.failed} failed"
         )
 
-    try:
-        stats = queue_campaign_messages(
+    stop = StopSignal()
+
+    def send() -> SendStats:
+        return queue_campaign_messages(
             campaign.message,
             campaign_store,
             sqs_queue,
@@ -250,7 +340,14 @@ def send_campaign_messages(
             lease_seconds=campaign.lease_seconds,
             id_range=shard.id_range,
             on_chunk=log_progress,
+            stop=stop,
         )
+
+    try:
+        stats = _send_off_the_main_thread(send, stop)
+    except INTERRUPTS:
+        _pause_for_terminated_run(context, campaign_store, campaign.id)
+        raise
     except SendInterrupted as error:
         campaign_store.release(campaign.id, context.run_id)
         raise dg.Failure(
@@ -261,11 +358,22 @@ def send_campaign_messages(
         campaign_store.release(campaign.id, context.run_id)
         raise
     context.add_output_metadata(_send_metadata(stats, sqs_queue.queue_url))
+    stopped = f" (stopped: campaign {stats.stopped})" if stats.stopped else ""
     context.log.info(
         f"Campaign {campaign.id}: {stats.queued} queued, {stats.failed} failed, "
         f"{stats.batches} batches in {stats.seconds:.1f}s ({stats.messages_per_second:.0f}/s)"
+        f"{stopped}"
     )
     return stats
+
+
+def _stop_description(campaign: Mapping[str, Any], status: str, pending: int) -> str:
+    """Who stopped the campaign (`paused` or `cancelled`) and when, for metadata and tags."""
+    actor = campaign.get(f"{status}_by") or "someone"
+    moment = as_utc(campaign.get(f"{status}_at"))
+    when = f" at {moment:%Y-%m-%d %H:%M:%S} UTC" if moment else ""
+    now = "" if campaign.get("status") == status else f", {campaign.get('status')!r} since"
+    return f"{status} by {actor}{when}{now}; {pending} recipients stay pending"
 
 
 @dg.op
@@ -296,7 +404,17 @@ def complete_campaign(
             f"{stats.batches} batches, {stats.retried_entries} entries retried"
         ),
     }
-    if counts["pending"]:
+    campaign_row = campaign_store.get_campaign(campaign.id) or {}
+    stopped_by = campaign_row.get("status")
+    if stopped_by not in STOPPED_STATUSES:
+        stopped_by = stats.stopped
+    if stopped_by in STOPPED_STATUSES:
+        # Stopped by an operator: the run did what it was told, which is not a failure.
+        description = _stop_description(campaign_row, str(stopped_by), counts["pending"])
+        metadata["stopped"] = dg.MetadataValue.text(description)
+        context.instance.add_run_tags(context.run_id, {STOPPED_TAG: description})
+        context.log.info(f"Campaign {campaign.id} {description}")
+    elif counts["pending"]:
         raise dg.Failure(
             description=f"{counts['pending']} recipients of campaign {campaign.id} are still "
             "pending (SQS never confirmed them); a rerun will send them.",

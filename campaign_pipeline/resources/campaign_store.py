@@ -15,12 +15,14 @@ import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
 from sqlalchemy.dialects import postgresql
 
+from campaign_pipeline.lifecycle import Command
 from campaign_pipeline.payloads import (
     RECIPIENT_SCHEMA,
     CampaignMessage,
     parse_template_parameters,
     recipients_frame,
 )
+from campaign_pipeline.resources.campaign_control import ControlResult, apply_command, schedule
 from campaign_pipeline.schema import AUDIENCE_STATUSES, campaign_audience, campaigns, metadata
 
 DATABASE_URL_VARIABLE = "CAMPAIGN_DATABASE_URL"
@@ -30,17 +32,24 @@ ROWS_PER_STATEMENT = 5_000
 
 # PostgreSQL: one set-based UPDATE per slice, the outcomes passed as four arrays. Four bind
 # parameters whatever the slice size, so the statement is compiled once (a VALUES list of N rows
-# cost SQLAlchemy ~0.2 ms a row to compile, measured here).
+# cost SQLAlchemy ~0.2 ms a row to compile, measured here). It counts what it changed, by status,
+# for the campaign's live counts.
 _UPDATE_FROM_ARRAYS = sa.text(
     """
-    UPDATE campaign_audience AS audience
-    SET status = outcome.status,
-        sqs_message_id = outcome.sqs_message_id,
-        failure_reason = outcome.failure_reason,
-        updated_at = :now
-    FROM unnest(:ids, :statuses, :message_ids, :reasons)
-        AS outcome(id, status, sqs_message_id, failure_reason)
-    WHERE audience.id = outcome.id AND audience.status = 'pending'
+    WITH written AS (
+        UPDATE campaign_audience AS audience
+        SET status = outcome.status,
+            sqs_message_id = outcome.sqs_message_id,
+            failure_reason = outcome.failure_reason,
+            updated_at = :now
+        FROM unnest(:ids, :statuses, :message_ids, :reasons)
+            AS outcome(id, status, sqs_message_id, failure_reason)
+        WHERE audience.id = outcome.id AND audience.status = 'pending'
+        RETURNING audience.status
+    )
+    SELECT count(*) FILTER (WHERE status = 'ready_to_send') AS queued,
+           count(*) FILTER (WHERE status = 'failed') AS failed
+    FROM written
     """
 ).bindparams(
     *(
@@ -63,6 +72,14 @@ class CampaignNotProcessable(CampaignStoreError):
     """The campaign's status does not allow processing."""
 
 
+class CampaignStopped(CampaignNotProcessable):
+    """An operator paused or cancelled the campaign: runs leave it alone, and that is no failure."""
+
+
+class CampaignScheduled(CampaignNotProcessable):
+    """The campaign's `send_at` is still in the future."""
+
+
 class CampaignBusy(CampaignStoreError):
     """Another run holds the campaign's lease."""
 
@@ -73,11 +90,21 @@ class CampaignBusy(CampaignStoreError):
 
 @dataclass(frozen=True)
 class CampaignToProcess:
-    """A campaign waiting in `asset_generated`, as the sensor sees it."""
+    """A campaign waiting in `asset_generated` (or resumed), as the sensor sees it."""
 
     id: str
     organization_id: str
     version: int
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class ScheduledCampaign:
+    """The next campaign in `asset_generated` whose `send_at` is still ahead."""
+
+    id: str
+    name: str
+    send_at: datetime
 
 
 @dataclass(frozen=True)
@@ -100,6 +127,15 @@ class Claim:
     message: CampaignMessage
     name: str
     resumed: bool
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WriteAck:
+    """What an outcome write or lease renewal learnt: the lease still held, the status now."""
+
+    lease_held: bool
+    status: str | None
 
 
 @dataclass(frozen=True)
@@ -262,6 +298,67 @@ def _message(row: Mapping[Any, Any]) -> CampaignMessage:
     )
 
 
+def as_utc(moment: datetime | None) -> datetime | None:
+    """A stored time as an aware UTC datetime (SQLite hands back naive UTC)."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _count_recipients(connection: sa.Connection, campaign_id: str) -> dict[str, int]:
+    query = (
+        sa.select(campaign_audience.c.status, sa.func.count())
+        .where(campaign_audience.c.campaign_id == campaign_id)
+        .group_by(campaign_audience.c.status)
+    )
+    counts: dict[str, int] = dict(connection.execute(query).tuples().all())
+    return {status: counts.get(status, 0) for status in AUDIENCE_STATUSES}
+
+
+def _count_columns(counts: Mapping[str, int]) -> dict[str, int]:
+    return {
+        "queued_count": counts["ready_to_send"],
+        "failed_count": counts["failed"],
+        "pending_count": counts["pending"],
+    }
+
+
+def _by(actor: str | None, moment: datetime | None) -> str:
+    when = f" at {as_utc(moment):%Y-%m-%d %H:%M:%S} UTC" if moment else ""
+    return f" (by {actor}{when})" if actor else when
+
+
+def _not_claimable(row: Mapping[Any, Any]) -> CampaignStoreError:
+    """Why `claim` could not take the campaign in `row`."""
+    campaign_id, status = row["id"], row["status"]
+    if status == "paused":
+        return CampaignStopped(
+            f"campaign {campaign_id} is paused{_by(row['paused_by'], row['paused_at'])}; "
+            f"`campaign-pipeline resume {campaign_id}` continues it"
+        )
+    if status == "cancelled":
+        return CampaignStopped(
+            f"campaign {campaign_id} is cancelled"
+            f"{_by(row['cancelled_by'], row['cancelled_at'])}; it is never processed again"
+        )
+    if status == "asset_generated":
+        return CampaignScheduled(
+            f"campaign {campaign_id} is scheduled for "
+            f"{as_utc(row['send_at']):%Y-%m-%d %H:%M:%S} UTC; "
+            "it starts then (or now, with --now)"
+        )
+    if status == "ready_to_launch":
+        return CampaignBusy(
+            f"campaign {campaign_id} is being processed by run {row['lease_run_id']} "
+            f"(its lease runs until {row['lease_expires_at']:%Y-%m-%d %H:%M:%S} UTC)",
+            lease_run_id=row["lease_run_id"],
+        )
+    return CampaignNotProcessable(
+        f"campaign {campaign_id} is {status!r}; only 'asset_generated' "
+        "campaigns (or 'ready_to_launch' ones being resumed) can be processed"
+    )
+
+
 class CampaignStore(dg.ConfigurableResource):
     """Campaigns and their audiences in SQLite or PostgreSQL (SQLAlchemy Core, psycopg 3)."""
 
@@ -293,8 +390,8 @@ class CampaignStore(dg.ConfigurableResource):
         """Create the tables and indexes that do not exist yet, and columns added since."""
         metadata.create_all(self.engine)
         # create_all leaves existing tables alone. Columns added to the schema later are all
-        # nullable or have a server default, so ADD COLUMN upgrades a database in place. The
-        # names and types come from `schema.py`, never from input.
+        # nullable or have a server default, so ADD COLUMN (and CREATE INDEX for their indexes)
+        # upgrades a database in place. Names and types come from `schema.py`, never from input.
         with self.engine.begin() as connection:
             inspector = sa.inspect(connection)
             for table in metadata.sorted_tables:
@@ -305,6 +402,8 @@ class CampaignStore(dg.ConfigurableResource):
                         connection.exec_driver_sql(
                             f"ALTER TABLE {table.name} ADD COLUMN {definition}"
                         )
+                for index in table.indexes:
+                    index.create(connection, checkfirst=True)
 
     def add_campaign(self, **fields: Any) -> str:
         """Insert a campaign (for seeding and tests); returns its id."""
@@ -338,15 +437,54 @@ class CampaignStore(dg.ConfigurableResource):
         return dict(row) if row else None
 
     def campaigns_to_process(self, limit: int) -> list[CampaignToProcess]:
-        """Up to `limit` campaigns in `asset_generated`, the longest waiting first."""
+        """Up to `limit` campaigns to start, the longest waiting first.
+
+        Those in `asset_generated` whose `send_at` has come (or is unset), and those `resume`
+        set back to `ready_to_launch` once no run holds them.
+        """
+        now = _now()
+        columns = (
+            campaigns.c.id,
+            campaigns.c.organization_id,
+            campaigns.c.version,
+            campaigns.c.name,
+            campaigns.c.updated_at,
+        )
+        # Two queries, each on its own index, rather than one OR the planner cannot split.
+        due = sa.select(*columns).where(
+            campaigns.c.status == "asset_generated",
+            sa.or_(campaigns.c.send_at.is_(None), campaigns.c.send_at <= now),
+        )
+        resumed = sa.select(*columns).where(
+            campaigns.c.resumed_at.is_not(None),
+            campaigns.c.status == "ready_to_launch",
+            sa.or_(campaigns.c.lease_run_id.is_(None), campaigns.c.lease_expires_at < now),
+        )
+        waiting = sa.union_all(
+            due.order_by(campaigns.c.updated_at, campaigns.c.id).limit(limit).subquery().select(),
+            resumed.order_by(campaigns.c.updated_at).limit(limit).subquery().select(),
+        ).subquery()
         query = (
-            sa.select(campaigns.c.id, campaigns.c.organization_id, campaigns.c.version)
-            .where(campaigns.c.status == "asset_generated")
-            .order_by(campaigns.c.updated_at, campaigns.c.id)
+            sa.select(waiting.c.id, waiting.c.organization_id, waiting.c.version, waiting.c.name)
+            .order_by(waiting.c.updated_at, waiting.c.id)
             .limit(limit)
         )
         with self.engine.connect() as connection:
             return [CampaignToProcess(*row) for row in connection.execute(query)]
+
+    def next_scheduled(self) -> ScheduledCampaign | None:
+        """The `asset_generated` campaign whose `send_at` comes next, if any is ahead."""
+        query = (
+            sa.select(campaigns.c.id, campaigns.c.name, campaigns.c.send_at)
+            .where(campaigns.c.status == "asset_generated", campaigns.c.send_at > _now())
+            .order_by(campaigns.c.send_at)
+            .limit(1)
+        )
+        with self.engine.connect() as connection:
+            row = connection.execute(query).first()
+        if row is None:
+            return None
+        return ScheduledCampaign(row.id, row.name, as_utc(row.send_at) or row.send_at)
 
     def claim(
         self,
@@ -354,25 +492,34 @@ class CampaignStore(dg.ConfigurableResource):
         run_id: str,
         lease_seconds: float,
         take_over_from: str | None = None,
+        send_now: bool = False,
     ) -> Claim:
         """Take the campaign for `run_id`: `asset_generated` becomes `ready_to_launch`.
 
         A campaign already `ready_to_launch` is resumed, unless another run's lease is live.
         `take_over_from` names a run known to be gone whose live lease may be taken: the
         takeover is a compare-and-set on that run id, so it fails if the lease changed hands.
-        Raises `CampaignNotFound`, `CampaignNotProcessable` or `CampaignBusy`.
+        A campaign whose `send_at` is ahead is taken only with `send_now`. The campaign's
+        counts are set from its recipients, for live progress.
+        Raises `CampaignNotFound`, `CampaignStopped` (paused, cancelled), `CampaignScheduled`,
+        `CampaignNotProcessable` or `CampaignBusy`.
         """
         now = _now()
         lease = {
             "lease_run_id": run_id,
             "lease_expires_at": now + timedelta(seconds=lease_seconds),
             "last_run_id": run_id,
+            "resumed_at": None,
         }
         by_id = campaigns.c.id == campaign_id
+        counts: dict[str, int] = {}
+        due = (
+            [] if send_now else [sa.or_(campaigns.c.send_at.is_(None), campaigns.c.send_at <= now)]
+        )
         with self.engine.begin() as connection:
             claimed = connection.execute(
                 campaigns.update()
-                .where(by_id, campaigns.c.status == "asset_generated")
+                .where(by_id, campaigns.c.status == "asset_generated", *due)
                 .values(
                     status="ready_to_launch",
                     version=campaigns.c.version + 1,
@@ -401,21 +548,23 @@ class CampaignStore(dg.ConfigurableResource):
                         .values(**lease)
                     ).rowcount
                 )
+            if claimed or resumed:
+                counts = _count_recipients(connection, campaign_id)
+                connection.execute(campaigns.update().where(by_id).values(**_count_columns(counts)))
             row = connection.execute(sa.select(campaigns).where(by_id)).mappings().first()
         if row is None:
             raise CampaignNotFound(f"campaign {campaign_id} does not exist")
         if not (claimed or resumed):
-            if row["status"] == "ready_to_launch":
-                raise CampaignBusy(
-                    f"campaign {campaign_id} is being processed by run {row['lease_run_id']} "
-                    f"(its lease runs until {row['lease_expires_at']:%Y-%m-%d %H:%M:%S} UTC)",
-                    lease_run_id=row["lease_run_id"],
-                )
-            raise CampaignNotProcessable(
-                f"campaign {campaign_id} is {row['status']!r}; only 'asset_generated' "
-                "campaigns (or 'ready_to_launch' ones being resumed) can be processed"
-            )
-        return Claim(message=_message(row), name=row["name"], resumed=resumed)
+            raise _not_claimable(row)
+        return Claim(message=_message(row), name=row["name"], resumed=resumed, counts=counts)
+
+    def control(self, campaign_id: str, command: Command, actor: str) -> ControlResult:
+        """Pause, resume or cancel the campaign for `actor` (see `campaign_control`)."""
+        return apply_command(self.engine, campaign_id, command, actor)
+
+    def schedule(self, campaign_id: str, send_at: datetime | None, actor: str) -> ControlResult:
+        """Set or clear the campaign's `send_at` (see `campaign_control.schedule`)."""
+        return schedule(self.engine, campaign_id, send_at, actor)
 
     def fail_campaign(self, campaign_id: str, reason: str) -> None:
         """Mark the campaign `failed` with `reason`; its recipients are left as they are."""
@@ -461,7 +610,13 @@ class CampaignStore(dg.ConfigurableResource):
                         ),
                     ),
                 )
-                .values(last_error=error, last_error_at=failed_at, last_error_run_id=run_id)
+                .values(
+                    last_error=error,
+                    last_error_at=failed_at,
+                    last_error_run_id=run_id,
+                    # A resumed campaign whose run failed is the recovery sensor's again.
+                    resumed_at=None,
+                )
             ).rowcount
             connection.execute(
                 campaigns.update()
@@ -502,6 +657,8 @@ class CampaignStore(dg.ConfigurableResource):
             )
             .where(
                 campaigns.c.status == "ready_to_launch",
+                # Resumed by an operator: the processing sensor starts those.
+                campaigns.c.resumed_at.is_(None),
                 campaigns.c.id.not_in(list(busy_campaign_ids)),
                 sa.or_(
                     campaigns.c.lease_run_id.is_(None),
@@ -624,29 +781,50 @@ class CampaignStore(dg.ConfigurableResource):
         run_id: str,
         outcomes: Outcomes,
         lease_seconds: float,
-    ) -> bool:
+    ) -> WriteAck:
         """Write outcomes of still-`pending` recipients in bulk and extend the run's lease.
 
-        A recorded outcome is never overwritten. Returns False when the run no longer holds the
-        lease (another run took over after it expired): the caller must stop sending.
+        A recorded outcome is never overwritten. The campaign's queued, failed and pending
+        counts move by what was written, in the same transaction, so readers see progress.
+        Returns whether the run still holds the lease (if not, another run took over after it
+        expired and the caller must stop sending) and the campaign's status (a pause stops it).
         """
         now = _now()
+        queued = failed = 0
         with self.engine.begin() as connection:
             for start in range(0, len(outcomes), ROWS_PER_STATEMENT):
                 rows = outcomes.rows(start, start + ROWS_PER_STATEMENT)
-                self._update_audience(connection, rows, now)
-            return self._extend_lease(
-                connection, campaign_id, run_id, now + timedelta(seconds=lease_seconds)
-            )
+                sent, refused = self._update_audience(connection, rows, now)
+                queued, failed = queued + sent, failed + refused
+            holds = campaigns.c.lease_run_id == run_id
+            row = connection.execute(
+                campaigns.update()
+                .where(campaigns.c.id == campaign_id)
+                .values(
+                    queued_count=campaigns.c.queued_count + queued,
+                    failed_count=campaigns.c.failed_count + failed,
+                    pending_count=campaigns.c.pending_count - (queued + failed),
+                    lease_expires_at=sa.case(
+                        (holds, now + timedelta(seconds=lease_seconds)),
+                        else_=campaigns.c.lease_expires_at,
+                    ),
+                )
+                .returning(campaigns.c.status, campaigns.c.lease_run_id)
+            ).first()
+        if row is None:
+            return WriteAck(lease_held=False, status=None)
+        return WriteAck(lease_held=row.lease_run_id == run_id, status=row.status)
 
     def _update_audience(
         self, connection: sa.Connection, rows: dict[str, list[Any]], now: datetime
-    ) -> None:
+    ) -> tuple[int, int]:
+        """Write one slice of outcomes; returns how many became ready_to_send and failed."""
         if connection.dialect.name == "postgresql":
-            connection.execute(_UPDATE_FROM_ARRAYS, {**rows, "now": now})
-            return
-        # SQLite has no arrays; an in-process executemany is its fast path.
-        connection.execute(
+            counted = connection.execute(_UPDATE_FROM_ARRAYS, {**rows, "now": now}).one()
+            return counted.queued, counted.failed
+        # SQLite has no arrays; an in-process executemany is its fast path, one per status so
+        # that its row count says how many of each were still pending.
+        update = (
             campaign_audience.update()
             .where(
                 campaign_audience.c.id == sa.bindparam("outcome_id"),
@@ -657,17 +835,23 @@ class CampaignStore(dg.ConfigurableResource):
                 sqs_message_id=sa.bindparam("outcome_message_id"),
                 failure_reason=sa.bindparam("outcome_reason"),
                 updated_at=now,
-            ),
-            [
+            )
+        )
+        written = {"ready_to_send": 0, "failed": 0}
+        for status in written:
+            parameters = [
                 {
                     "outcome_id": id_,
-                    "outcome_status": status,
+                    "outcome_status": row_status,
                     "outcome_message_id": message_id,
                     "outcome_reason": reason,
                 }
-                for id_, status, message_id, reason in zip(*rows.values(), strict=True)
-            ],
-        )
+                for id_, row_status, message_id, reason in zip(*rows.values(), strict=True)
+                if row_status == status
+            ]
+            if parameters:
+                written[status] = connection.execute(update, parameters).rowcount
+        return written["ready_to_send"], written["failed"]
 
     def renew_lease(self, campaign_id: str, run_id: str, lease_seconds: float) -> bool:
         """Extend the run's lease by `lease_seconds` from now; False if it no longer holds it."""
@@ -702,14 +886,15 @@ class CampaignStore(dg.ConfigurableResource):
 
     def count_recipients(self, campaign_id: str) -> dict[str, int]:
         """How many of the campaign's recipients are in each status."""
-        query = (
-            sa.select(campaign_audience.c.status, sa.func.count())
-            .where(campaign_audience.c.campaign_id == campaign_id)
-            .group_by(campaign_audience.c.status)
-        )
         with self.engine.connect() as connection:
-            counts: dict[str, int] = dict(connection.execute(query).tuples().all())
-        return {status: counts.get(status, 0) for status in AUDIENCE_STATUSES}
+            return _count_recipients(connection, campaign_id)
+
+    def campaign_status(self, campaign_id: str) -> str | None:
+        """The campaign's status now (None if it does not exist); a sending run polls it."""
+        with self.engine.connect() as connection:
+            return connection.execute(
+                sa.select(campaigns.c.status).where(campaigns.c.id == campaign_id)
+            ).scalar()
 
     def finish(self, campaign_id: str, run_id: str) -> dict[str, int]:
         """Store the campaign's final counts, release the lease; returns the counts.
@@ -718,9 +903,7 @@ class CampaignStore(dg.ConfigurableResource):
         """
         counts = self.count_recipients(campaign_id)
         values: dict[str, Any] = {
-            "queued_count": counts["ready_to_send"],
-            "failed_count": counts["failed"],
-            "pending_count": counts["pending"],
+            **_count_columns(counts),
             "processed_at": _now(),
             "lease_run_id": None,
             "lease_expires_at": None,
