@@ -56,7 +56,7 @@ def decide(command: Command, status: str, *, handled: bool) -> Decision:
     if command == "resume":
         if status == "paused":
             target = "ready_to_launch" if handled else "asset_generated"
-            return Decision(target, f"resumed (now {target!r})")
+            return Decision(target, f"resumed as {target!r}")
         if status == "cancelled":
             return Decision(None, "is 'cancelled'; a cancelled campaign is never resumed", True)
         return Decision(None, f"is {status!r}; only 'paused' campaigns can be resumed", True)

@@ -9,6 +9,7 @@ per `campaign_id` tag) and the campaign's lease treat it like any other run.
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,8 +23,8 @@ from gql.transport.exceptions import (
 )
 from gql.transport.requests import RequestsHTTPTransport
 
-from campaign_pipeline.jobs import campaign_run_config, campaign_tags
-from campaign_pipeline.resources.campaign_store import CampaignStore
+from campaign_pipeline.jobs import campaign_partitions, campaign_run_config, campaign_tags
+from campaign_pipeline.resources.campaign_store import CampaignStore, as_utc
 from campaign_pipeline.settings import campaign_send_processes
 from campaign_pipeline.text import canonical_campaign_id, one_line
 
@@ -36,6 +37,8 @@ FINISHED_STATUSES = frozenset(
     {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 )
 REQUEST_TIMEOUT_SECONDS = 30
+# A run with this tag is a run of that partition (here: the campaign's).
+PARTITION_TAG = "dagster/partition"
 
 RUNS_IN_PROGRESS_QUERY = """
 query CampaignRunsInProgress($filter: RunsFilter!) {
@@ -43,6 +46,29 @@ query CampaignRunsInProgress($filter: RunsFilter!) {
     __typename
     ... on Runs { results { runId status } }
     ... on Error { message }
+  }
+}
+"""
+
+REPOSITORIES_QUERY = """
+query Repositories {
+  repositoriesOrError {
+    __typename
+    ... on RepositoryConnection { nodes { name location { name } jobs { name } } }
+    ... on Error { message }
+  }
+}
+"""
+
+ADD_PARTITION_MUTATION = """
+mutation AddCampaignPartition($selector: RepositorySelector!, $name: String!, $key: String!) {
+  addDynamicPartition(
+    repositorySelector: $selector, partitionsDefName: $name, partitionKey: $key
+  ) {
+    __typename
+    ... on DuplicateDynamicPartitionError { partitionName }
+    ... on UnauthorizedError { message }
+    ... on PythonError { message }
   }
 }
 """
@@ -83,6 +109,7 @@ class TriggerableCampaign:
     organization_id: str | None
     status: str
     pending: int
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,17 +138,45 @@ def campaign_id_or_error(raw: str) -> str:
         raise TriggerError(str(error)) from None
 
 
-def check_processable(store: CampaignStore, campaign_id: str) -> TriggerableCampaign:
+def operator_refusal(campaign: Mapping[str, Any], send_now: bool = False) -> str | None:
+    """Why an operator's decision keeps the campaign (a store row) from being processed now.
+
+    Paused, cancelled, or scheduled for later (unless `send_now`); None when nothing does.
+    """
+    campaign_id, status = campaign["id"], campaign["status"]
+    if status == "paused":
+        return (
+            f"campaign {campaign_id} is paused; `campaign-pipeline resume {campaign_id}` "
+            "continues it"
+        )
+    if status == "cancelled":
+        return f"campaign {campaign_id} is cancelled; it is never processed again"
+    send_at = as_utc(campaign["send_at"])
+    if status == "asset_generated" and send_at and send_at > datetime.now(UTC) and not send_now:
+        return (
+            f"campaign {campaign_id} is scheduled for {send_at:%Y-%m-%d %H:%M:%S} UTC; "
+            "the sensor starts it then (--now starts it now)"
+        )
+    return None
+
+
+def check_processable(
+    store: CampaignStore, campaign_id: str, send_now: bool = False
+) -> TriggerableCampaign:
     """The campaign, if `CampaignStore.claim` would take it; else `TriggerError`.
 
-    `asset_generated` is claimed; `ready_to_launch` is resumed, which is only worth a run while
-    recipients are still pending. Whether another run holds the campaign is asked of Dagster
-    (`DagsterWebserver.runs_in_progress`); the claim itself still checks the lease.
+    `asset_generated` is claimed (once its `send_at` has come, or with `send_now`);
+    `ready_to_launch` is resumed, which is only worth a run while recipients are still
+    pending; `paused` and `cancelled` campaigns are refused. Whether another run holds the
+    campaign is asked of Dagster (`DagsterWebserver.runs_in_progress`); the claim itself
+    still checks the lease.
     """
     campaign = store.get_campaign(campaign_id)
     if campaign is None:
         raise TriggerError(f"campaign {campaign_id} does not exist")
     status = campaign["status"]
+    if refusal := operator_refusal(campaign, send_now):
+        raise TriggerError(refusal)
     if status not in ("asset_generated", "ready_to_launch"):
         raise TriggerError(
             f"campaign {campaign_id} is {status!r}; only 'asset_generated' campaigns (or "
@@ -133,7 +188,9 @@ def check_processable(store: CampaignStore, campaign_id: str) -> TriggerableCamp
             f"campaign {campaign_id} is 'ready_to_launch' with no pending recipients; "
             "there is nothing left to send"
         )
-    return TriggerableCampaign(campaign_id, campaign["organization_id"], status, pending)
+    return TriggerableCampaign(
+        campaign_id, campaign["organization_id"], status, pending, campaign["name"]
+    )
 
 
 def _failure_reason(events: Iterable[Mapping[str, Any]]) -> str | None:
@@ -259,6 +316,34 @@ class DagsterWebserver:
             raise TriggerError(f"Dagster could not list runs: {one_line(data.get('message'))}")
         return [(run["runId"], run["status"]) for run in data["results"]]
 
+    def add_campaign_partition(self, campaign_id: str) -> None:
+        """Add the campaign as a partition of the job (once; a duplicate is fine)."""
+        data = self._query(REPOSITORIES_QUERY, {})["repositoriesOrError"]
+        if data["__typename"] != "RepositoryConnection":
+            raise TriggerError(f"Dagster could not list code: {one_line(data.get('message'))}")
+        holders = [
+            repository
+            for repository in data["nodes"]
+            if any(job["name"] == JOB_NAME for job in repository["jobs"])
+        ]
+        if not holders:
+            raise TriggerError(
+                f"the Dagster webserver at {self.shown_url} has no job {JOB_NAME}; is the "
+                "campaign_pipeline code location loaded (see Deployment in the UI)?"
+            )
+        selector = {
+            "repositoryLocationName": holders[0]["location"]["name"],
+            "repositoryName": holders[0]["name"],
+        }
+        added = self._query(
+            ADD_PARTITION_MUTATION,
+            {"selector": selector, "name": campaign_partitions.name, "key": campaign_id},
+        )["addDynamicPartition"]
+        if added["__typename"] in ("UnauthorizedError", "PythonError"):
+            raise TriggerError(
+                f"Dagster could not add partition {campaign_id}: {one_line(added['message'])}"
+            )
+
     def launch(self, run_config: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         """Submit a run of the job; returns its id (the run waits in the instance's queue)."""
         try:
@@ -304,7 +389,7 @@ class DagsterWebserver:
 
 
 def trigger_campaign(
-    store: CampaignStore, webserver: DagsterWebserver, campaign_id: str
+    store: CampaignStore, webserver: DagsterWebserver, campaign_id: str, send_now: bool = False
 ) -> tuple[TriggerableCampaign, str]:
     """Check the campaign and its runs, then launch a run for it; returns the campaign and run id.
 
@@ -312,7 +397,7 @@ def trigger_campaign(
     launch; the run queue's limit of one run per `campaign_id` and the campaign's lease still
     let only one of them send.
     """
-    campaign = check_processable(store, campaign_id)
+    campaign = check_processable(store, campaign_id, send_now)
     in_progress = webserver.runs_in_progress(campaign_id)
     if in_progress:
         run_id, status = in_progress[0]
@@ -320,9 +405,12 @@ def trigger_campaign(
             f"campaign {campaign_id} already has a run in progress: {run_id} ({status}), "
             f"{webserver.run_url(run_id)}"
         )
+    webserver.add_campaign_partition(campaign_id)
+    config_fields = {"send_now": True} if send_now else {}
     run_id = webserver.launch(
-        campaign_run_config(campaign_id, campaign_send_processes()),
-        campaign_tags(campaign_id, campaign.organization_id),
+        campaign_run_config(campaign_id, campaign_send_processes(), **config_fields),
+        campaign_tags(campaign_id, campaign.organization_id, campaign.name)
+        | {PARTITION_TAG: campaign_id},
     )
     return campaign, run_id
 
@@ -333,6 +421,7 @@ def trigger(
     raw_campaign_id: str,
     *,
     wait: bool,
+    send_now: bool = False,
     out: Callable[[str], None],
     err: Callable[[str], None],
     poll_seconds: float = 1.0,
@@ -343,7 +432,7 @@ def trigger(
     run failed or was canceled. Problems a person can fix raise `TriggerError`.
     """
     campaign_id = campaign_id_or_error(raw_campaign_id)
-    campaign, run_id = trigger_campaign(store, webserver, campaign_id)
+    campaign, run_id = trigger_campaign(store, webserver, campaign_id, send_now)
     action = "resume" if campaign.status == "ready_to_launch" else "process"
     out(f"launched run {run_id} to {action} campaign {campaign_id}: {webserver.run_url(run_id)}")
     if not wait:

@@ -1,4 +1,4 @@
-"""The `campaign-pipeline` command: set up the database, process a campaign, show the queue, demo.
+"""The `campaign-pipeline` command: set up, process, control and inspect campaigns; the demo.
 
 Output is this module's product, so it writes to stdout and stderr itself. Problems a person can
 fix (a bad id, an unreachable database or queue, missing settings) are one line on stderr and exit
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from campaign_pipeline.cli import demo, inspection, processing
+from campaign_pipeline.cli import control, demo, inspection, processing
 from campaign_pipeline.cli.common import PROG, CliError, ParentParsers, err
 from campaign_pipeline.demo import DemoError
 from campaign_pipeline.settings import SettingsError
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     processing.add_commands(commands, parents)
+    control.add_commands(commands, parents)
     inspection.add_commands(commands, parents)
     demo.add_commands(commands, parents)
     return parser

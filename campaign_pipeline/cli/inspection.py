@@ -1,20 +1,37 @@
-"""The commands that only look: `messages` (the queue's contents) and `sqs-status` (its health)."""
+"""The commands that only look: `status` (a campaign), `messages` and `sqs-status` (the queue)."""
 
 import argparse
 import json
+import os
+from pathlib import Path
 from typing import Any
 
+import dagster as dg
+import sqlalchemy as sa
+
+from campaign_pipeline.campaign_status import (
+    RunSummary,
+    campaign_report,
+    campaign_runs,
+    format_report,
+)
 from campaign_pipeline.cli.common import (
     PROG,
     QUEUE_URL_VARIABLE,
+    CliError,
     Commands,
     ParentParsers,
+    database_reason,
+    display_database_url,
     err,
     open_queue,
+    open_store,
     out,
+    parse_campaign_id,
     pretty,
     whole_number,
 )
+from campaign_pipeline.resources.campaign_store import default_database_url
 from campaign_pipeline.sqs_status import sqs_status_from_environment
 
 MESSAGES_DESCRIPTION = (
@@ -92,8 +109,59 @@ def cmd_sqs_status(args: argparse.Namespace) -> int:
     return 0 if status.reachable else 1
 
 
+def _runs(campaign_id: str) -> list[RunSummary]:
+    """The campaign's runs in the Dagster instance at $DAGSTER_HOME (`process` uses ./.dagster)."""
+    from campaign_pipeline.trigger import DAGSTER_URL_VARIABLE, DEFAULT_DAGSTER_URL
+
+    home = os.environ.get("DAGSTER_HOME", "").strip() or ".dagster"
+    if not Path(home).is_dir():
+        return []
+    os.environ["DAGSTER_HOME"] = str(Path(home).resolve())
+    url = os.environ.get(DAGSTER_URL_VARIABLE) or DEFAULT_DAGSTER_URL
+    with dg.DagsterInstance.get() as instance:
+        return campaign_runs(instance, campaign_id, url)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print one campaign's status, counts, progress, last error and runs."""
+    campaign_id = parse_campaign_id(args.campaign_id)
+    url = default_database_url()
+    store = open_store(url)
+    try:
+        if store.get_campaign(campaign_id) is None:
+            raise CliError(f"campaign {campaign_id} does not exist in {display_database_url(url)}")
+        report = campaign_report(store, campaign_id, _runs(campaign_id))
+    except sa.exc.SQLAlchemyError as error:
+        raise CliError(
+            f"cannot read campaigns from {display_database_url(url)}: {database_reason(error)}"
+        ) from None
+    finally:
+        store.engine.dispose()
+    if report is None:
+        raise CliError(f"campaign {campaign_id} does not exist in {display_database_url(url)}")
+    if args.json:
+        out(pretty(report))
+    else:
+        for line in format_report(report):
+            out(line)
+    return 0
+
+
 def add_commands(commands: Commands, parents: ParentParsers) -> None:
-    """Add `messages` and `sqs-status`."""
+    """Add `status`, `messages` and `sqs-status`."""
+    status = commands.add_parser(
+        "status",
+        parents=[parents.common],
+        help="show a campaign's status, counts, progress and runs",
+        description="Show the campaign's status, send_at, recipients by status, the sending "
+        "run's messages/s and time left, who paused, resumed or cancelled it, its last error, "
+        "and its runs with links (from the Dagster instance at $DAGSTER_HOME, default "
+        "./.dagster; links to $DAGSTER_URL). The campaign is read from CAMPAIGN_DATABASE_URL.",
+    )
+    status.add_argument("campaign_id", metavar="CAMPAIGN_ID", help="UUID of the campaign")
+    status.add_argument("--json", action="store_true", help="print one JSON document")
+    status.set_defaults(handler=cmd_status)
+
     messages = commands.add_parser(
         "messages",
         parents=[parents.common],

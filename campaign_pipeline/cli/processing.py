@@ -30,6 +30,7 @@ from campaign_pipeline.cli.common import (
     with_console_log_level,
 )
 from campaign_pipeline.dispatch import merge_stats
+from campaign_pipeline.ops.process_campaign import STOPPED_TAG
 from campaign_pipeline.resources.campaign_store import (
     DATABASE_URL_VARIABLE,
     CampaignStore,
@@ -38,6 +39,7 @@ from campaign_pipeline.resources.campaign_store import (
 
 # libpq's default is to wait about two minutes for a server that does not answer.
 POSTGRES_CONNECT_TIMEOUT_SECONDS = "10"
+NOW_HELP = "start a campaign scheduled for later (send_at ahead) now"
 
 
 def cmd_init_db(args: argparse.Namespace) -> int:
@@ -70,21 +72,29 @@ def cmd_process(args: argparse.Namespace) -> int:
     store = open_store(url)
     try:
         campaign = store.get_campaign(campaign_id)
+        if campaign is None:
+            raise CliError(f"campaign {campaign_id} does not exist in {shown}")
+        from campaign_pipeline.trigger import operator_refusal
+
+        if refusal := operator_refusal(campaign, send_now=args.now):
+            raise CliError(refusal)
     except sa.exc.SQLAlchemyError as error:
         raise CliError(f"cannot read campaigns from {shown}: {database_reason(error)}") from None
     finally:
         store.engine.dispose()
-    if campaign is None:
-        raise CliError(f"campaign {campaign_id} does not exist in {shown}")
     open_queue()
     ensure_dagster_home(Path(".dagster"))
 
     from campaign_pipeline.definitions import defs  # importing it reads the settings
-    from campaign_pipeline.jobs import campaign_run_config, campaign_tags
+    from campaign_pipeline.jobs import campaign_partitions, campaign_run_config, campaign_tags
 
     job = defs.get_job_def(JOB_NAME)
     with dg.DagsterInstance.get() as instance:
-        run_config = with_console_log_level(campaign_run_config(campaign_id), log_level(args))
+        instance.add_dynamic_partitions(str(campaign_partitions.name), [campaign_id])
+        config_fields = {"send_now": True} if args.now else {}
+        run_config = with_console_log_level(
+            campaign_run_config(campaign_id, **config_fields), log_level(args)
+        )
         if args.max_concurrent_batches:
             # Configuring a resource at launch takes all its required fields, as variable names.
             sqs_config = {
@@ -95,19 +105,28 @@ def cmd_process(args: argparse.Namespace) -> int:
             run_config["resources"] = {"sqs_queue": {"config": sqs_config}}
         result = job.execute_in_process(
             run_config=run_config,
-            tags=campaign_tags(campaign_id, campaign["organization_id"]),
+            tags=campaign_tags(campaign_id, campaign["organization_id"], campaign["name"]),
             instance=instance,
+            partition_key=campaign_id,
             raise_on_error=False,
         )
+        run = instance.get_run_by_id(result.run_id)
+        stopped = dict(run.tags) if run else {}
     if not result.success:
         err(f"{PROG}: run {result.run_id} failed in {failure_description(result)}")
         return 1
+    if not result.is_node_success("complete_campaign"):
+        # The campaign was paused, cancelled or rescheduled between the check and the claim.
+        reason = stopped.get(STOPPED_TAG, "the campaign was left alone")
+        out(f"run {result.run_id} campaign {campaign_id}: nothing sent: {reason}")
+        return 0
     counts = result.output_for_node("complete_campaign")
     stats = merge_stats(result.output_for_node("send_campaign_messages").values())
+    stopped_by = f"; stopped: {stats.stopped}" if stats.stopped else ""
     out(
         f"run {result.run_id} campaign {campaign_id}: {counts['ready_to_send']} queued, "
         f"{counts['failed']} failed, {counts['pending']} pending in {stats.seconds:.2f} s "
-        f"({stats.messages_per_second:.1f} messages/s)"
+        f"({stats.messages_per_second:.1f} messages/s){stopped_by}"
     )
     return 0
 
@@ -128,7 +147,13 @@ def cmd_trigger(args: argparse.Namespace) -> int:
         store = open_store(database_url)
         try:
             return trigger.trigger(
-                store, webserver, campaign_id, wait=args.wait, out=out, err=_err_prefixed
+                store,
+                webserver,
+                campaign_id,
+                wait=args.wait,
+                send_now=args.now,
+                out=out,
+                err=_err_prefixed,
             )
         except sa.exc.SQLAlchemyError as error:
             shown = display_database_url(database_url)
@@ -178,6 +203,7 @@ def add_commands(commands: Commands, parents: ParentParsers) -> None:
         type=whole_number(1, 256),
         help="SendMessageBatch calls in flight at once (default: the resource's, 64)",
     )
+    process.add_argument("--now", action="store_true", help=NOW_HELP)
     process.set_defaults(handler=cmd_process)
 
     trigger = commands.add_parser(
@@ -187,7 +213,8 @@ def add_commands(commands: Commands, parents: ParentParsers) -> None:
         description="Launch process_campaign_messages for one campaign through the Dagster "
         "webserver's GraphQL API, with the sensor's run config and tags, and print the run's "
         "id and UI link. Refused, with exit status 2, for an unknown campaign, one whose status "
-        "cannot be processed, or one with a run already queued or running. The campaign is read "
+        "cannot be processed (paused, cancelled, ...), one scheduled for later (without --now), "
+        "or one with a run already queued or running. The campaign is read "
         "from CAMPAIGN_DATABASE_URL.",
     )
     trigger.add_argument("campaign_id", metavar="CAMPAIGN_ID", help="UUID of the campaign")
@@ -210,4 +237,5 @@ def add_commands(commands: Commands, parents: ParentParsers) -> None:
         action="store_true",
         help="follow the run to its end; exit status 1 if it failed or was canceled",
     )
+    trigger.add_argument("--now", action="store_true", help=NOW_HELP)
     trigger.set_defaults(handler=cmd_trigger)

@@ -889,6 +889,17 @@ class CampaignStore(dg.ConfigurableResource):
         with self.engine.connect() as connection:
             return _count_recipients(connection, campaign_id)
 
+    def progress_since(self, campaign_id: str, since: datetime) -> tuple[int, datetime | None]:
+        """Recipients given an outcome since `since` (a run's start), and when the last was."""
+        query = sa.select(sa.func.count(), sa.func.max(campaign_audience.c.updated_at)).where(
+            campaign_audience.c.campaign_id == campaign_id,
+            campaign_audience.c.status.in_(("ready_to_send", "failed")),
+            campaign_audience.c.updated_at >= since,
+        )
+        with self.engine.connect() as connection:
+            handled, last = connection.execute(query).one()
+        return int(handled), as_utc(last)
+
     def campaign_status(self, campaign_id: str) -> str | None:
         """The campaign's status now (None if it does not exist); a sending run polls it."""
         with self.engine.connect() as connection:
