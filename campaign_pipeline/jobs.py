@@ -11,7 +11,11 @@ from campaign_pipeline.ops import (
     plan_shards,
     send_campaign_messages,
 )
-from campaign_pipeline.ops.process_campaign import CAMPAIGN_NAME_TAG, campaign_name_tag
+from campaign_pipeline.ops.process_campaign import (
+    CAMPAIGN_NAME_TAG,
+    CAMPAIGN_PARTITIONS,
+    campaign_name_tag,
+)
 from campaign_pipeline.ops.sqs_status import record_sqs_status
 from campaign_pipeline.settings import campaign_send_processes
 
@@ -21,7 +25,7 @@ CAMPAIGN_ID_TAG = "campaign_id"
 
 # One partition per campaign (its id), added by whoever launches its first run: Jobs ->
 # process_campaign_messages -> Partitions then lists campaigns with their latest run.
-campaign_partitions = dg.DynamicPartitionsDefinition(name="campaigns")
+campaign_partitions = dg.DynamicPartitionsDefinition(name=CAMPAIGN_PARTITIONS)
 
 
 def _run_config_for_partition(campaign_id: str) -> dict[str, Any]:

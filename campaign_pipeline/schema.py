@@ -58,6 +58,15 @@ campaigns = sa.Table(
     sa.Column("resumed_at", sa.DateTime(timezone=True)),
     sa.Column("resumed_by", sa.Text),
     sa.Index("ix_campaigns_status_updated_at", "status", "updated_at"),
+    # The processing sensor's unscheduled waiting campaigns, oldest first, without reading the
+    # scheduled ones.
+    sa.Index(
+        "ix_campaigns_waiting_updated_at",
+        "updated_at",
+        "id",
+        postgresql_where=sa.text("status = 'asset_generated' AND send_at IS NULL"),
+        sqlite_where=sa.text("status = 'asset_generated' AND send_at IS NULL"),
+    ),
     # The processing sensor's next scheduled campaign.
     sa.Index("ix_campaigns_status_send_at", "status", "send_at"),
     # Campaigns `resume` handed back to the processing sensor: few, and found without a scan.

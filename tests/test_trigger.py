@@ -199,6 +199,7 @@ def test_trigger_launches_with_the_sensors_config_and_passes_headers(
     assert params["executionMetadata"]["tags"] == [
         {"key": "campaign_id", "value": campaign_id},
         {"key": "organization_id", "value": ORGANIZATION_ID},
+        {"key": "campaign_name", "value": sqlite_store.get_campaign(campaign_id)["name"]},
     ]
 
 

@@ -40,6 +40,11 @@ TRANSIENT_DATABASE_ERRORS = (sa.exc.OperationalError, sa.exc.InterfaceError)
 # How Dagster stops a step: Terminate in the UI (GraphQL terminateRun), or Ctrl-C on `process`.
 INTERRUPTS = (dg.DagsterExecutionInterruptedError, KeyboardInterrupt)
 CAMPAIGN_NAME_TAG = "campaign_name"
+# The dynamic partitions of process_campaign_messages (one per campaign), and Dagster's tags
+# that make a run one of a partition.
+CAMPAIGN_PARTITIONS = "campaigns"
+PARTITION_TAG = "dagster/partition"
+PARTITION_SET_TAG = "dagster/partition_set"
 STOPPED_TAG = "campaign_pipeline/stopped"
 # Dagster caps tag values; a campaign's name is only a label.
 MAX_TAG_CHARACTERS = 200
@@ -197,6 +202,26 @@ def _campaign_id_of_run(context: dg.OpExecutionContext, config: CampaignConfig) 
     return campaign_id
 
 
+def _file_under_campaign(context: dg.OpExecutionContext, campaign_id: str, name: str) -> None:
+    """Make the run one of the campaign's partition, with its name, however it was launched.
+
+    The sensors launch runs of the partition already; `trigger` and a hand-written launchRun
+    cannot (Dagster's GraphQL adds partitions only for assets), so the claim adds the partition
+    and the tags the UI's Partitions tab reads.
+    """
+    tags = context.run.tags
+    missing: dict[str, str] = {}
+    if CAMPAIGN_NAME_TAG not in tags:
+        missing[CAMPAIGN_NAME_TAG] = campaign_name_tag(name)
+    if PARTITION_TAG not in tags:
+        context.instance.add_dynamic_partitions(CAMPAIGN_PARTITIONS, [campaign_id])
+        missing[PARTITION_TAG] = campaign_id
+        # Dagster names a job's partition set after the job.
+        missing[PARTITION_SET_TAG] = f"{context.job_name}_partition_set"
+    if missing:
+        context.instance.add_run_tags(context.run_id, missing)
+
+
 @dg.op(out=dg.Out(ClaimedCampaign, is_required=False))
 def claim_campaign(
     context: dg.OpExecutionContext, config: CampaignConfig, campaign_store: CampaignStore
@@ -233,11 +258,7 @@ def claim_campaign(
             description=f"campaign {campaign_id} cannot be sent: campaign has no recipients",
             allow_retries=False,
         )
-    if CAMPAIGN_NAME_TAG not in context.run.tags:
-        # Launches that did not know the name (a backfill, a hand-written launchRun).
-        context.instance.add_run_tags(
-            context.run_id, {CAMPAIGN_NAME_TAG: campaign_name_tag(claim.name)}
-        )
+    _file_under_campaign(context, campaign_id, claim.name)
     pending = counts["pending"]
     context.log.info(
         f"{'Resumed' if claim.resumed else 'Claimed'} campaign {campaign_id} "
@@ -287,18 +308,31 @@ def _send_off_the_main_thread(send: Callable[[], SendStats], stop: StopSignal) -
     with ThreadPoolExecutor(1, thread_name_prefix="campaign-send") as runner:
         sending: Future[SendStats] = runner.submit(send)
         try:
-            return sending.result()
+            return _wait(sending)
         except INTERRUPTS:
             stop.stop("terminated")
             while True:
                 try:
-                    sending.result()
+                    _wait(sending)
                     break
                 except INTERRUPTS:  # a second interrupt: still let the batches in flight land
                     continue
                 except Exception:  # the send's own error matters less than the interrupt
                     break
             raise
+
+
+def _wait(sending: Future[SendStats]) -> SendStats:
+    """The send's result, waking twice a second so that a signal handler runs promptly.
+
+    A handler installed with SA_RESTART (polars installs one for SIGINT) would otherwise not
+    run until an untimed wait ended.
+    """
+    while True:
+        try:
+            return sending.result(timeout=0.5)
+        except TimeoutError:
+            continue
 
 
 def _pause_for_terminated_run(

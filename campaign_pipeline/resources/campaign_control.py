@@ -143,7 +143,11 @@ def schedule(
     Raises `UnknownCampaign` or `CampaignControlRefused` (a campaign already started,
     cancelled or failed).
     """
+    if send_at is not None:
+        # Stored as UTC: SQLite keeps a time's wall clock, not its offset. Naive means UTC.
+        send_at = send_at.replace(tzinfo=send_at.tzinfo or UTC).astimezone(UTC)
     for _ in range(MAX_ATTEMPTS):
+        now = datetime.now(UTC)
         with engine.begin() as connection:
             row = _read(connection, campaign_id)
             if row.status not in SCHEDULABLE_STATUSES:
@@ -151,7 +155,13 @@ def schedule(
                     f"campaign {campaign_id} is {row.status!r}; only 'draft', 'asset_generated' "
                     "or 'paused' campaigns can be scheduled"
                 )
-            values = {"send_at": send_at, "updated_at": datetime.now(UTC)}
+            if row.status == "paused" and _handled(connection, campaign_id, row, now):
+                # Its resume continues it at once: a send time would mean nothing.
+                raise CampaignControlRefused(
+                    f"campaign {campaign_id} is paused after it started sending; only a "
+                    "campaign that has not started can be scheduled (resume it instead)"
+                )
+            values = {"send_at": send_at, "updated_at": now}
             if _compare_and_set(connection, campaign_id, row, values):
                 when = f"for {send_at:%Y-%m-%d %H:%M:%S} UTC" if send_at else "to start at once"
                 return ControlResult(

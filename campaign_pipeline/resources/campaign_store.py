@@ -450,19 +450,25 @@ class CampaignStore(dg.ConfigurableResource):
             campaigns.c.name,
             campaigns.c.updated_at,
         )
-        # Two queries, each on its own index, rather than one OR the planner cannot split.
+        # Three queries, each an index range, rather than one OR the planner cannot split: an
+        # OR on send_at filtered every scheduled campaign row by row (10k of them: 14 ms).
+        unscheduled = sa.select(*columns).where(
+            campaigns.c.status == "asset_generated", campaigns.c.send_at.is_(None)
+        )
         due = sa.select(*columns).where(
-            campaigns.c.status == "asset_generated",
-            sa.or_(campaigns.c.send_at.is_(None), campaigns.c.send_at <= now),
+            campaigns.c.status == "asset_generated", campaigns.c.send_at <= now
         )
         resumed = sa.select(*columns).where(
             campaigns.c.resumed_at.is_not(None),
             campaigns.c.status == "ready_to_launch",
             sa.or_(campaigns.c.lease_run_id.is_(None), campaigns.c.lease_expires_at < now),
         )
+        oldest = (campaigns.c.updated_at, campaigns.c.id)
         waiting = sa.union_all(
-            due.order_by(campaigns.c.updated_at, campaigns.c.id).limit(limit).subquery().select(),
-            resumed.order_by(campaigns.c.updated_at).limit(limit).subquery().select(),
+            *(
+                query.order_by(*oldest).limit(limit).subquery().select()
+                for query in (unscheduled, due, resumed)
+            )
         ).subquery()
         query = (
             sa.select(waiting.c.id, waiting.c.organization_id, waiting.c.version, waiting.c.name)
@@ -517,6 +523,9 @@ class CampaignStore(dg.ConfigurableResource):
             [] if send_now else [sa.or_(campaigns.c.send_at.is_(None), campaigns.c.send_at <= now)]
         )
         with self.engine.begin() as connection:
+            # Lock the row first (PostgreSQL): otherwise a commit between the updates below and
+            # the final read could show a row neither update saw. SQLite has one writer anyway.
+            connection.execute(sa.select(campaigns.c.id).where(by_id).with_for_update())
             claimed = connection.execute(
                 campaigns.update()
                 .where(by_id, campaigns.c.status == "asset_generated", *due)
