@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import os
+import random
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -161,6 +162,109 @@ def delete_sensor_campaigns(database_url: str) -> None:
         connection.execute(
             "DELETE FROM campaigns WHERE name LIKE %s", (SENSOR_CAMPAIGN_PREFIX + "%",)
         )
+
+
+# The campaigns neither scheduled nor due, as shares of a hundred repeating through the table:
+# mostly finished launches, some drafts, a few stopped by an operator or failed.
+SETTLED_MIX = (
+    ("ready_to_launch", 80),
+    ("draft", 8),
+    ("paused", 4),
+    ("cancelled", 4),
+    ("failed", 4),
+)
+SCHEDULE_DAYS = 7  # scheduled campaigns' send_at: from five minutes to this many days ahead
+_NULL = "\\N"  # COPY's text format for NULL
+
+
+@dataclass(frozen=True)
+class CampaignMix:
+    """The campaigns table `seed_campaign_mix` writes.
+
+    `scheduled` campaigns are `asset_generated` with `send_at` ahead, `due` are `asset_generated`
+    and due now (half with `send_at` unset, half with it passed), the rest follow `SETTLED_MIX`.
+    Without `send_at` (the baseline), no campaign has one: the scheduled ones are due too.
+    """
+
+    total: int = 100_000
+    scheduled: int = 10_000
+    due: int = 20
+    send_at: bool = True
+
+
+def _campaign_mix_rows(mix: CampaignMix) -> Iterator[str]:
+    now = datetime.now(UTC)
+    rng = random.Random(0)  # the same send_at offsets every time
+    parameters = _copy_text(json.dumps(CAMPAIGNS[0]["template_parameters"], ensure_ascii=False))
+    settled = [status for status, share in SETTLED_MIX for _ in range(share)]
+    waiting = mix.scheduled + mix.due
+    waiting_seen = settled_seen = 0
+    for index in range(mix.total):
+        updated = now - timedelta(minutes=mix.total - index)
+        send_at: datetime | None = None
+        extra = [_NULL] * 6  # processed_at, paused_at, paused_by, cancelled_at, cancelled_by, error
+        # The waiting campaigns are spread evenly over the table (and over updated_at), and the
+        # due ones evenly among them: the sensor's scan meets scheduled rows before each due one.
+        if waiting and (index * waiting) % mix.total < waiting:
+            status = "asset_generated"
+            is_due = (waiting_seen * mix.due) % waiting < mix.due
+            if not is_due:
+                send_at = now + timedelta(seconds=rng.uniform(300, SCHEDULE_DAYS * 86_400))
+            elif waiting_seen % 2:
+                send_at = updated + timedelta(seconds=rng.uniform(0, 30))
+            waiting_seen += 1
+        else:
+            status = settled[settled_seen % len(settled)]
+            settled_seen += 1
+            done = (updated + timedelta(seconds=30)).isoformat()
+            if status == "ready_to_launch":
+                extra[0] = done
+            elif status == "paused":
+                extra[1:3] = [done, "benchmark@host (cli)"]
+            elif status == "cancelled":
+                extra[3:5] = [done, "benchmark@host (cli)"]
+            elif status == "failed":
+                extra[5] = "SendInterrupted: SQS failed past its retries"
+        when = send_at.isoformat() if send_at is not None and mix.send_at else _NULL
+        stamp = updated.isoformat()
+        yield (
+            "\t".join(
+                [
+                    str(uuid.uuid4()),
+                    ORGANIZATION_ID,
+                    f"{SENSOR_CAMPAIGN_PREFIX}{index}",
+                    status,
+                    "template",
+                    "order_shipped_update",
+                    "pt_BR",
+                    parameters,
+                    stamp,
+                    stamp,
+                    when,
+                    *extra,
+                ]
+            )
+            + "\n"
+        )
+
+
+def seed_campaign_mix(database_url: str, mix: CampaignMix) -> None:
+    """Create the schema (`create_schema`: tables and indexes) and the campaigns of `mix`.
+
+    Campaigns only, no recipients. Ends with `VACUUM ANALYZE`, so plans see the real rows.
+    """
+    store = CampaignStore(database_url=database_url)
+    store.create_schema()
+    store.engine.dispose()
+    _copy_rows(
+        database_url,
+        "COPY campaigns (id, organization_id, name, status, message_type, template_name, "
+        "template_language, template_parameters, created_at, updated_at, send_at, processed_at, "
+        "paused_at, paused_by, cancelled_at, cancelled_by, last_error) FROM STDIN",
+        _campaign_mix_rows(mix),
+    )
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        connection.execute("VACUUM ANALYZE campaigns")
 
 
 def server_version(database_url: str) -> str:
