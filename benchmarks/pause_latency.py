@@ -65,7 +65,11 @@ from sqs_endpoints import (
 from campaign_pipeline.dispatch import STATUS_POLL_SECONDS, SendStats, queue_campaign_messages
 from campaign_pipeline.ops.process_campaign import CampaignConfig
 from campaign_pipeline.resources.campaign_store import CampaignStore, Outcomes, WriteAck
-from campaign_pipeline.resources.sqs_queue import BatchResult, SqsQueue
+from campaign_pipeline.resources.sqs_queue import (
+    DEFAULT_MAX_CONCURRENT_BATCHES,
+    BatchResult,
+    SqsQueue,
+)
 
 ACTOR = "benchmarks/pause_latency.py"
 FIRST_BATCH_TIMEOUT_S = 60
@@ -389,7 +393,7 @@ def main() -> None:
                 "send_seconds": args.send_seconds,
                 "sink": f"fauxqs {fauxqs_version()}"
                 + (f" + {args.latency_ms:g} ms proxy" if args.latency_ms else " (loopback)"),
-                "max_concurrent_batches": SqsQueue.model_fields["max_concurrent_batches"].default,
+                "max_concurrent_batches": DEFAULT_MAX_CONCURRENT_BATCHES,
                 "status_poll_s": STATUS_POLL_SECONDS,
                 "paused_from": "this process" if args.pause_in_process else "another process",
                 **{measure: _spread([run[measure] for run in runs]) for measure in measures},

@@ -29,6 +29,8 @@ from campaign_pipeline.resources.sqs_queue import BatchResult, SqsQueue
 # How often a sending run reads its campaign's status: a pause stops it within about this
 # long plus the batches in flight.
 STATUS_POLL_SECONDS = 1.0
+# The longest a window of outcomes waits to be written, however few it holds.
+WINDOW_SECONDS = 1.0
 
 
 @dataclass
@@ -110,7 +112,11 @@ def _writer_pool() -> ThreadPoolExecutor:
 
 @dataclass
 class _Recorder:
-    """Gathers outcomes and writes each full window on a writer thread."""
+    """Gathers outcomes and writes each window on a writer thread.
+
+    A window is written when it is full or a second old, whichever comes first: a slow send
+    still shows progress (and loses little in a crash) every second.
+    """
 
     store: CampaignStore
     campaign_id: str
@@ -123,6 +129,7 @@ class _Recorder:
     lease_held: bool = True
     writer: ThreadPoolExecutor = field(default_factory=_writer_pool)
     writes: deque[Future[WriteAck]] = field(default_factory=deque)
+    window_started: float = field(default_factory=time.monotonic)
 
     def add_batch(self, result: BatchResult) -> None:
         self.outcomes.add_sent(result.accepted_ids, result.message_ids)
@@ -131,7 +138,10 @@ class _Recorder:
             summary = f"SQS rejected the message ({code})"
             self.outcomes.add_failed([id_], [f"{summary}: {message}" if message else summary])
             self.stats.failed_by_reason[summary] += 1
-        if len(self.outcomes) >= self.window:
+        if (
+            len(self.outcomes) >= self.window
+            or time.monotonic() - self.window_started >= WINDOW_SECONDS
+        ):
             self.flush()
 
     def add_invalid(self, invalid: pl.DataFrame) -> None:
@@ -155,6 +165,7 @@ class _Recorder:
                 )
             )
             self.outcomes = Outcomes()
+        self.window_started = time.monotonic()
         # Writes already done are read at once: one may report a pause.
         while self.writes and (len(self.writes) > WRITES_IN_FLIGHT or self.writes[0].done()):
             self._settle()

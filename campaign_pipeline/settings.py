@@ -7,7 +7,8 @@ class SettingsError(ValueError):
     """An environment variable holds a value the pipeline cannot use."""
 
 
-def _positive_int(variable: str, default: int) -> int:
+def positive_int(variable: str, default: int) -> int:
+    """The variable as a positive whole number, `default` when unset or blank."""
     raw = os.environ.get(variable, "").strip()
     if not raw:
         return default
@@ -22,24 +23,24 @@ def _positive_int(variable: str, default: int) -> int:
 
 def campaign_batch_size() -> int:
     """CAMPAIGN_BATCH_SIZE: campaigns the sensor starts per tick (default 10)."""
-    return _positive_int("CAMPAIGN_BATCH_SIZE", 10)
+    return positive_int("CAMPAIGN_BATCH_SIZE", 10)
 
 
 def campaign_processing_interval_seconds() -> int:
     """CAMPAIGN_PROCESSING_INTERVAL (ms, default 30000) as the sensor's interval in seconds."""
-    return max(1, round(_positive_int("CAMPAIGN_PROCESSING_INTERVAL", 30_000) / 1000))
+    return max(1, round(positive_int("CAMPAIGN_PROCESSING_INTERVAL", 30_000) / 1000))
 
 
 def campaign_send_processes() -> int:
     """CAMPAIGN_SEND_PROCESSES: send steps of one run at once (default 1: all in one process)."""
-    return _positive_int("CAMPAIGN_SEND_PROCESSES", 1)
+    return positive_int("CAMPAIGN_SEND_PROCESSES", 1)
 
 
 def background_job_interval_seconds() -> int:
     """BACKGROUND_JOB_INTERVAL (ms, default 60000) as the recovery sensor's interval in seconds."""
-    return max(1, round(_positive_int("BACKGROUND_JOB_INTERVAL", 60_000) / 1000))
+    return max(1, round(positive_int("BACKGROUND_JOB_INTERVAL", 60_000) / 1000))
 
 
 def campaign_max_resume_attempts() -> int:
     """CAMPAIGN_MAX_RESUME_ATTEMPTS: resume runs of a stalled campaign before it fails (3)."""
-    return _positive_int("CAMPAIGN_MAX_RESUME_ATTEMPTS", 3)
+    return positive_int("CAMPAIGN_MAX_RESUME_ATTEMPTS", 3)

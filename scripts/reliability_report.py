@@ -162,14 +162,14 @@ def defaults() -> dict[str, Any]:
 
     from campaign_pipeline.dispatch import WRITES_IN_FLIGHT
     from campaign_pipeline.ops import CampaignConfig
-    from campaign_pipeline.resources.sqs_queue import SqsQueue
+    from campaign_pipeline.resources.sqs_queue import DEFAULT_MAX_CONCURRENT_BATCHES, SqsQueue
 
     config, queue = CampaignConfig.model_fields, SqsQueue.model_fields
     values = {
         "writes_in_flight": WRITES_IN_FLIGHT,
         "outcomes_per_write": config["outcomes_per_write"].default,
         "lease_seconds": config["lease_seconds"].default,
-        "max_concurrent_batches": queue["max_concurrent_batches"].default,
+        "max_concurrent_batches": DEFAULT_MAX_CONCURRENT_BATCHES,
         "max_attempts": queue["max_attempts"].default,
         "max_entry_retries": queue["max_entry_retries"].default,
         "retry_quota": RetryQuota.INITIAL_CAPACITY,

@@ -15,6 +15,8 @@ import dagster as dg
 from botocore.config import Config as BotocoreConfig
 from pydantic import Field, PrivateAttr
 
+from campaign_pipeline.settings import positive_int
+
 # Per-entry failures SQS reports as sender faults although a later attempt can succeed.
 THROTTLING_CODES = frozenset(
     {
@@ -28,6 +30,8 @@ THROTTLING_CODES = frozenset(
 )
 
 GROUP_ID_VARIABLE = "SQS_MESSAGE_GROUP_ID"
+CONCURRENCY_VARIABLE = "SQS_MAX_CONCURRENT_BATCHES"
+DEFAULT_MAX_CONCURRENT_BATCHES = 64
 # Not inside a longer word or hyphenated id: the digit runs of UUIDs (run and campaign ids,
 # which people search logs for) and hex ids stay as they are.
 _PHONE_LIKE = re.compile(r"(?<![\w-])\+?\d[\d ().-]{5,}\d(?![\w-])")
@@ -79,13 +83,14 @@ class SqsQueue(dg.ConfigurableResource):
         description="MessageGroupId on a FIFO queue. Unset: SQS_MESSAGE_GROUP_ID, "
         "else each campaign is its own group.",
     )
-    max_concurrent_batches: int = Field(
-        default=64,
+    max_concurrent_batches: int | None = Field(
+        default=None,
         ge=1,
-        description="SendMessageBatch calls in flight at once, to cover the network round trip: "
-        "behind 20 ms of latency, 16 sent 4,300 messages/s and 64 sent 6,200/s, where botocore "
-        "alone peaked at 8,200/s (benchmarks/compare.py). A FIFO queue without high throughput "
-        "mode takes 300 calls/s: SQS throttles the excess and the calls are retried.",
+        description="SendMessageBatch calls in flight at once, to cover the network round trip. "
+        f"Unset: {CONCURRENCY_VARIABLE}, else {DEFAULT_MAX_CONCURRENT_BATCHES}: behind 20 ms of "
+        "latency, 16 sent 4,300 messages/s and 64 sent 6,200/s, where botocore alone peaked at "
+        "8,200/s (benchmarks/compare.py). A FIFO queue without high throughput mode takes 300 "
+        "calls/s: SQS throttles the excess and the calls are retried.",
     )
     max_attempts: int = Field(
         default=5,
@@ -122,7 +127,7 @@ class SqsQueue(dg.ConfigurableResource):
                 retries={"mode": "standard", "total_max_attempts": attempts},
                 connect_timeout=connect_timeout_seconds or self.connect_timeout_seconds,
                 read_timeout=read_timeout_seconds or self.read_timeout_seconds,
-                max_pool_connections=max(10, self.max_concurrent_batches),
+                max_pool_connections=max(10, self.concurrency),
                 # Entries are built here, typed and sized; SQS validates them again anyway.
                 # Skipping botocore's client-side check saves ~8% of its CPU per call.
                 parameter_validation=False,
@@ -135,6 +140,17 @@ class SqsQueue(dg.ConfigurableResource):
         if self._client is None:
             self._client = self._make_client()
         return self._client
+
+    @property
+    def concurrency(self) -> int:
+        """Calls in flight: the field, else SQS_MAX_CONCURRENT_BATCHES, else 64.
+
+        Raises:
+            SettingsError: the variable is not a positive whole number.
+        """
+        if self.max_concurrent_batches is not None:
+            return self.max_concurrent_batches
+        return positive_int(CONCURRENCY_VARIABLE, DEFAULT_MAX_CONCURRENT_BATCHES)
 
     @property
     def is_fifo(self) -> bool:
@@ -249,12 +265,12 @@ class SqsQueue(dg.ConfigurableResource):
         """
         batch_iter = iter(batches)
         with ThreadPoolExecutor(
-            max_workers=self.max_concurrent_batches, thread_name_prefix="sqs-send"
+            max_workers=self.concurrency, thread_name_prefix="sqs-send"
         ) as pool:
             in_flight: deque[Future[BatchResult]] = deque()
             failed = False
             while True:
-                while not failed and len(in_flight) < self.max_concurrent_batches:
+                while not failed and len(in_flight) < self.concurrency:
                     batch = next(batch_iter, None)
                     if batch is None:
                         break

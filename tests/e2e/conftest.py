@@ -10,6 +10,7 @@ their logs are attached to the report of a failed test.
 Building blocks for other scenarios (a crashed run, a restarted daemon):
 
 - `dagster_instance_env`: the environment every process gets (also the CLI's);
+- `instance`: the same Dagster instance, opened in the test process;
 - `campaign_store`: a `CampaignStore` on the same campaign database;
 - `dagster_processes`: starts `webserver()` / `daemon()` (again, after a kill), stops them all;
 - `webserver`, `daemon`: the two processes, already started;
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import dagster as dg
 import psycopg
 import pytest
 from sqlalchemy.engine import make_url
@@ -101,6 +103,7 @@ def dagster_instance_env(
                 "CAMPAIGN_SEND_PROCESSES",
                 "DAGSTER_URL",
                 "PYTEST_CURRENT_TEST",
+                "SQS_MAX_CONCURRENT_BATCHES",
             }
         }
         env.update(
@@ -120,6 +123,18 @@ def dagster_instance_env(
             }
         )
         yield env
+
+
+@pytest.fixture
+def instance(
+    dagster_instance_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[dg.DagsterInstance]:
+    """The daemon's Dagster instance (PostgreSQL), opened in the test process."""
+    for name, value in dagster_instance_env.items():
+        if name.startswith("DAGSTER_"):
+            monkeypatch.setenv(name, value)
+    with dg.DagsterInstance.get() as instance:
+        yield instance
 
 
 @pytest.fixture

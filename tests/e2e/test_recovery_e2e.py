@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -37,18 +37,6 @@ LOGGER = logging.getLogger(__name__)
 # time, so the run sends for several seconds; it is killed after KILL_AFTER_BATCHES of its 40.
 RECIPIENTS = 400
 KILL_AFTER_BATCHES = 10
-
-
-@pytest.fixture
-def instance(
-    dagster_instance_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[dg.DagsterInstance]:
-    """The daemon's Dagster instance (PostgreSQL), opened in the test process."""
-    for name, value in dagster_instance_env.items():
-        if name.startswith("DAGSTER_"):
-            monkeypatch.setenv(name, value)
-    with dg.DagsterInstance.get() as instance:
-        yield instance
 
 
 def run_worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
