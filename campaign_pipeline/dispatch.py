@@ -155,19 +155,19 @@ class _Recorder:
     def flush(self) -> None:
         """Hand the current window to the writer; wait only if too many are in flight."""
         if len(self.outcomes):
-            self.writes.append(
-                self.writer.submit(
-                    self.store.record_outcomes,
-                    self.campaign_id,
-                    self.run_id,
-                    self.outcomes,
-                    self.lease_seconds,
-                )
+            write = self.writer.submit(
+                self.store.record_outcomes,
+                self.campaign_id,
+                self.run_id,
+                self.outcomes,
+                self.lease_seconds,
             )
+            # A pause the write saw stops sending as soon as it is written, on the writer.
+            write.add_done_callback(self._heed)
+            self.writes.append(write)
             self.outcomes = Outcomes()
         self.window_started = time.monotonic()
-        # Writes already done are read at once: one may report a pause.
-        while self.writes and (len(self.writes) > WRITES_IN_FLIGHT or self.writes[0].done()):
+        while len(self.writes) > WRITES_IN_FLIGHT:
             self._settle()
 
     def drain(self) -> None:
@@ -183,8 +183,10 @@ class _Recorder:
     def _settle(self) -> None:
         ack = self.writes.popleft().result()
         self.lease_held = ack.lease_held and self.lease_held
-        if ack.status in STOPPED_STATUSES:
-            self.stop.stop(ack.status)
+
+    def _heed(self, write: Future[WriteAck]) -> None:
+        if write.exception() is None and write.result().status in STOPPED_STATUSES:
+            self.stop.stop(str(write.result().status))
 
 
 class _CampaignWatch:
