@@ -479,3 +479,60 @@ def test_shards_run_in_parallel_processes(
     assert len(pids) == 2
     assert postgres_store.count_recipients(campaign_id)["ready_to_send"] == 30
     assert_accounted_for(postgres_store, campaign_id, drain(sqs_client, queue_url))
+
+
+def test_a_partitions_run_uses_the_partitions_config_and_is_filed_under_it(
+    postgres_store: CampaignStore,
+    make_sqs_queue: Callable[..., SqsQueue],
+    sqs_client: object,
+    tmp_path: Path,
+) -> None:
+    """A run of partition <campaign id> with no run config (a backfill, the launchpad) gets
+    its config and campaign_id tag from the partition, sends the campaign, and is one of the
+    partition's runs; a GraphQL-style launch without a partition is filed under it by its claim.
+    """
+    first, second = add_campaign(postgres_store, 3), add_campaign(postgres_store, 2)
+    queue = make_sqs_queue(fifo=False)
+    resources = {"campaign_store": postgres_store, "sqs_queue": queue}
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        instance.add_dynamic_partitions("campaigns", [first])
+        by_partition = process_campaign_messages.execute_in_process(
+            partition_key=first, resources=resources, instance=instance, raise_on_error=False
+        )
+        assert by_partition.success
+        assert by_partition.dagster_run.tags["campaign_id"] == first
+        by_config = process_campaign_messages.execute_in_process(
+            run_config=campaign_run_config(second),
+            resources=resources,
+            instance=instance,
+            raise_on_error=False,
+        )
+        assert by_config.success
+        assert set(instance.get_dynamic_partitions("campaigns")) == {first, second}
+        filed = instance.get_run_by_id(by_config.run_id)
+        assert filed is not None
+        assert filed.tags["dagster/partition"] == second
+        assert filed.tags["campaign_name"] == "test"
+    assert len(drain(sqs_client, queue.queue_url)) == 5
+
+
+def test_a_partition_and_a_config_naming_different_campaigns_fail_the_run(
+    postgres_store: CampaignStore, make_sqs_queue: Callable[..., SqsQueue], tmp_path: Path
+) -> None:
+    """Partition A with campaign_id B in its config: one line naming both, nothing claimed."""
+    first, second = add_campaign(postgres_store, 1), add_campaign(postgres_store, 1)
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        instance.add_dynamic_partitions("campaigns", [first])
+        result = process_campaign_messages.execute_in_process(
+            run_config=campaign_run_config(second),
+            partition_key=first,
+            resources={"campaign_store": postgres_store, "sqs_queue": make_sqs_queue()},
+            instance=instance,
+            raise_on_error=False,
+        )
+    assert not result.success
+    assert failure_message(result) == (
+        f"the run's partition {first!r} and its config's campaign_id {second!r} name "
+        "different campaigns"
+    )
+    assert postgres_store.get_campaign(second)["status"] == "asset_generated"

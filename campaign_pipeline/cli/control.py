@@ -8,6 +8,7 @@ status 0 when done (or nothing to do); one line on stderr and status 2 when refu
 import argparse
 import getpass
 import socket
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -24,7 +25,7 @@ from campaign_pipeline.cli.common import (
 )
 from campaign_pipeline.lifecycle import Command
 from campaign_pipeline.resources.campaign_control import CampaignControlError, ControlResult
-from campaign_pipeline.resources.campaign_store import default_database_url
+from campaign_pipeline.resources.campaign_store import CampaignStore, default_database_url
 from campaign_pipeline.settings import campaign_processing_interval_seconds
 
 AFTER = {
@@ -54,12 +55,12 @@ def _after(result: ControlResult) -> str:
     return ""
 
 
-def _apply(args: argparse.Namespace, command: Command) -> int:
-    campaign_id = parse_campaign_id(args.campaign_id)
+def _change(campaign_id: str, change: Callable[[CampaignStore], ControlResult]) -> ControlResult:
+    """Apply one change to the campaign in CAMPAIGN_DATABASE_URL; problems are `CliError`s."""
     url = default_database_url()
     store = open_store(url)
     try:
-        result = store.control(campaign_id, command, operator())
+        return change(store)
     except CampaignControlError as error:
         raise CliError(str(error)) from None
     except sa.exc.SQLAlchemyError as error:
@@ -68,6 +69,11 @@ def _apply(args: argparse.Namespace, command: Command) -> int:
         ) from None
     finally:
         store.engine.dispose()
+
+
+def _apply(args: argparse.Namespace, command: Command) -> int:
+    campaign_id = parse_campaign_id(args.campaign_id)
+    result = _change(campaign_id, lambda store: store.control(campaign_id, command, operator()))
     out(result.message + _after(result))
     return 0
 
@@ -105,18 +111,9 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     if (args.send_at is None) == (not args.clear):
         raise CliError("give either a time or --clear")
     campaign_id = parse_campaign_id(args.campaign_id)
-    url = default_database_url()
-    store = open_store(url)
-    try:
-        result = store.schedule(campaign_id, args.send_at, operator())
-    except CampaignControlError as error:
-        raise CliError(str(error)) from None
-    except sa.exc.SQLAlchemyError as error:
-        raise CliError(
-            f"cannot update {display_database_url(url)}: {database_reason(error)}"
-        ) from None
-    finally:
-        store.engine.dispose()
+    result = _change(
+        campaign_id, lambda store: store.schedule(campaign_id, args.send_at, operator())
+    )
     past = args.send_at is not None and args.send_at <= datetime.now(UTC)
     out(result.message + ("; that is past, so it is due now" if past else ""))
     return 0

@@ -35,7 +35,7 @@ from tests.e2e.conftest import (
     wait_until,
 )
 from tests.fault_proxy import Call, FaultProxy
-from tests.invariant import check_campaign_invariant, drain_queue
+from tests.invariant import InvariantReport, check_campaign_invariant, drain_queue
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -69,6 +69,14 @@ class SlowSqs:
     def last_stored(self) -> float:
         """When moto stored the latest batch (time.monotonic)."""
         return max(self.stored_at)
+
+    def check(
+        self, store: CampaignStore, campaign_id: str, sqs_client: object, **options: Any
+    ) -> InvariantReport:
+        """The invariant for the campaign on this (standard) queue, which it drains."""
+        return check_campaign_invariant(
+            store, campaign_id, sqs_client, self.queue_url, fifo=False, **options
+        )
 
 
 @pytest.fixture
@@ -191,13 +199,7 @@ def test_pause_stops_a_run_within_seconds_and_resume_sends_the_rest_once(
     assert "resumed as 'ready_to_launch'" in resumed.stdout
     wait_for_campaign(campaign_store, campaign_id, RUN_START_SECONDS + 60, processes=[daemon])
     assert len(run_statuses(instance, campaign_id)) == 2
-    report = check_campaign_invariant(
-        campaign_store,
-        campaign_id,
-        sqs_client,
-        slow_sqs.queue_url,
-        fifo=False,
-    )
+    report = slow_sqs.check(campaign_store, campaign_id, sqs_client)
     assert (report.queued, report.failed) == (RECIPIENTS, 5)
 
 
@@ -230,14 +232,7 @@ def test_cancel_stops_a_run_for_good(
     counts = campaign_store.count_recipients(campaign_id)
     assert counts["pending"] > 0
     assert row(campaign_store, campaign_id)["pending_count"] == counts["pending"]
-    check_campaign_invariant(
-        campaign_store,
-        campaign_id,
-        sqs_client,
-        slow_sqs.queue_url,
-        fifo=False,
-        expect_pending_allowed=True,
-    )
+    slow_sqs.check(campaign_store, campaign_id, sqs_client, expect_pending_allowed=True)
 
 
 TERMINATE = """
@@ -287,13 +282,7 @@ def test_terminate_from_graphql_pauses_the_campaign(
     assert run_cli("resume", campaign_id, env=dagster_instance_env).returncode == 0
     wait_for_campaign(campaign_store, campaign_id, RUN_START_SECONDS + 60, processes=[daemon])
     # What the terminated run had in flight was recorded: the resume sent none of it again.
-    check_campaign_invariant(
-        campaign_store,
-        campaign_id,
-        sqs_client,
-        slow_sqs.queue_url,
-        fifo=False,
-    )
+    slow_sqs.check(campaign_store, campaign_id, sqs_client)
 
 
 def test_scheduled_campaign_starts_at_its_send_at_not_before(
@@ -357,13 +346,7 @@ def test_pause_and_resume_racing_the_sensors_and_each_other_keep_the_invariant(
     if row(campaign_store, campaign_id)["status"] == "paused":
         assert run_cli("resume", campaign_id, env=env).returncode == 0
     wait_for_campaign(campaign_store, campaign_id, RUN_START_SECONDS + 90, processes=[daemon])
-    report = check_campaign_invariant(
-        campaign_store,
-        campaign_id,
-        sqs_client,
-        slow_sqs.queue_url,
-        fifo=False,
-    )
+    report = slow_sqs.check(campaign_store, campaign_id, sqs_client)
     assert (report.queued, report.failed) == (RECIPIENTS, 0)
 
 
