@@ -298,6 +298,15 @@ def _message(row: Mapping[Any, Any]) -> CampaignMessage:
     )
 
 
+def campaign_message(row: Mapping[Any, Any]) -> CampaignMessage:
+    """The campaign-level part of its payloads, from its row, exactly as a run's claim reads it.
+
+    Raises:
+        CampaignDefinitionError: the stored template parameters are malformed.
+    """
+    return _message(row)
+
+
 def as_utc(moment: datetime | None) -> datetime | None:
     """A stored time as an aware UTC datetime (SQLite hands back naive UTC)."""
     if moment is None:

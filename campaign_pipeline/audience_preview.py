@@ -1,0 +1,347 @@
+"""Preview a campaign: build every pending recipient's payload as a run would, and send nothing.
+
+The same code path as a run: the campaign's message read from its row as the claim reads it,
+pending recipients streamed with `CampaignStore.iter_pending_recipients` in the run's chunks,
+and `build_payloads` with the queue's `MaximumMessageSize`. Nothing is written anywhere; SQS is
+asked only for that size, and when it is not configured 1 MiB (its default) is assumed.
+
+`build_preview` counts (memory bounded by one chunk and the sample) for `preview --json`, the
+`preview_campaign` job and the text report; `preview_frame` and `preview` give one row per
+recipient, as Polars and as pandas, for notebooks. This module is `campaign_pipeline.preview`'s
+home; it is not named `preview` so that importing it never hides that function.
+"""
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import botocore.exceptions
+import polars as pl
+
+from campaign_pipeline.payloads import (
+    CampaignDefinitionError,
+    CampaignMessage,
+    build_payloads,
+    check_campaign_message,
+)
+from campaign_pipeline.resources.campaign_store import CampaignStore, campaign_message
+from campaign_pipeline.resources.sqs_queue import SqsQueue, mask_phone_numbers
+from campaign_pipeline.sqs_status import (
+    CHECK_CONNECT_TIMEOUT_SECONDS,
+    CHECK_MAX_ATTEMPTS,
+    CHECK_READ_TIMEOUT_SECONDS,
+    QUEUE_URL_VARIABLE,
+    REGION_VARIABLE,
+    error_reason,
+)
+from campaign_pipeline.text import canonical_campaign_id, one_line
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# SQS's default MaximumMessageSize, and its largest: what a queue not yet configured allows.
+ASSUMED_MAX_MESSAGE_BYTES = 1_048_576
+ASSUMED_SOURCE = "assumed (SQS not configured)"
+DEFAULT_SAMPLE_SIZE = 5
+# A run's default `recipients_per_chunk` (CampaignConfig): the preview reads the same chunks.
+RECIPIENTS_PER_CHUNK = 50_000
+FRAME_COLUMNS = ("campaign_audience_id", "to", "payload", "failure_reason")
+
+
+class PreviewError(Exception):
+    """The campaign cannot be previewed, for a reason a person can act on (one line)."""
+
+
+@dataclass(frozen=True)
+class QueueLimit:
+    """The largest payload the queue takes, and where that figure comes from."""
+
+    max_message_bytes: int
+    source: str
+    # The variables that would configure SQS, when the figure is assumed.
+    missing: tuple[str, ...] = ()
+
+    @property
+    def assumed(self) -> bool:
+        """SQS is not configured: the figure is SQS's default, not the queue's."""
+        return bool(self.missing)
+
+
+def queue_limit_from_environment() -> QueueLimit:
+    """`MaximumMessageSize` of the queue AWS_SQS_QUEUE_URL and AWS_REGION name, else 1 MiB.
+
+    One GetQueueAttributes call for that attribute alone, by a client that gives up within
+    seconds (the SQS status check's budget).
+
+    Raises:
+        PreviewError: SQS is configured but the queue cannot be read (one line on why).
+    """
+    queue_url = os.environ.get(QUEUE_URL_VARIABLE, "").strip()
+    region = os.environ.get(REGION_VARIABLE, "").strip()
+    missing = tuple(
+        name
+        for name, value in ((QUEUE_URL_VARIABLE, queue_url), (REGION_VARIABLE, region))
+        if not value
+    )
+    if missing:
+        return QueueLimit(ASSUMED_MAX_MESSAGE_BYTES, ASSUMED_SOURCE, missing)
+    queue = SqsQueue(queue_url=queue_url, region_name=region)
+    try:
+        endpoint = queue.resolved_endpoint_url
+    except ValueError as error:  # botocore rejects a malformed endpoint override here
+        raise PreviewError(f"the SQS endpoint is not usable: {one_line(error)}") from None
+    try:
+        attributes = queue.check_attributes(
+            ["MaximumMessageSize"],
+            max_attempts=CHECK_MAX_ATTEMPTS,
+            connect_timeout_seconds=CHECK_CONNECT_TIMEOUT_SECONDS,
+            read_timeout_seconds=CHECK_READ_TIMEOUT_SECONDS,
+        )
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+        raise PreviewError(
+            f"cannot read the maximum message size of queue {queue_url}: "
+            f"{error_reason(error, endpoint)}"
+        ) from None
+    if "MaximumMessageSize" not in attributes:
+        raise PreviewError(f"queue {queue_url} answered without MaximumMessageSize; is it SQS?")
+    return QueueLimit(int(attributes["MaximumMessageSize"]), f"MaximumMessageSize of {queue_url}")
+
+
+@dataclass(frozen=True)
+class PreviewCampaign:
+    """A campaign that can be previewed: its message as a run builds it, its name and status."""
+
+    message: CampaignMessage
+    name: str
+    status: str
+
+    @property
+    def id(self) -> str:
+        """The campaign's id."""
+        return self.message.campaign_id
+
+
+def load_campaign(store: CampaignStore, campaign_id: str) -> PreviewCampaign:
+    """The campaign, if it exists, is not cancelled and its definition can be sent.
+
+    Raises:
+        PreviewError: a malformed id, no such campaign, a cancelled one, or a campaign no
+            recipient of which could ever be sent (its definition's problem, in one line).
+    """
+    try:
+        campaign_id = canonical_campaign_id(campaign_id)
+    except ValueError as error:
+        raise PreviewError(str(error)) from None
+    row = store.get_campaign(campaign_id)
+    if row is None:
+        raise PreviewError(f"campaign {campaign_id} does not exist")
+    if row["status"] == "cancelled":
+        raise PreviewError(
+            f"campaign {campaign_id} is 'cancelled'; a cancelled campaign is never sent, "
+            "so there is nothing to preview"
+        )
+    try:
+        message = campaign_message(row)
+        check_campaign_message(message)
+    except CampaignDefinitionError as error:
+        raise PreviewError(f"campaign {campaign_id} cannot be sent: {error}") from None
+    return PreviewCampaign(message=message, name=row["name"], status=row["status"])
+
+
+def _built_chunks(
+    store: CampaignStore, campaign: PreviewCampaign, max_message_bytes: int, chunk_size: int
+) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    """Each chunk of pending recipients with its payloads, in the run's order (by id)."""
+    for chunk in store.iter_pending_recipients(campaign.id, chunk_size):
+        yield chunk, build_payloads(campaign.message, chunk, max_message_bytes)
+
+
+@dataclass
+class PreviewReport:
+    """What a run would make of the campaign's pending recipients, counted.
+
+    `sample` holds the first valid payloads, exactly the bodies a run would queue.
+    """
+
+    campaign_id: str
+    name: str
+    message_type: str
+    status: str
+    max_message_bytes: int
+    max_message_bytes_source: str
+    recipients: int = 0
+    valid: int = 0
+    invalid_by_reason: Counter[str] = field(default_factory=Counter)
+    sample: list[str] = field(default_factory=list)
+
+    @property
+    def invalid(self) -> int:
+        """Recipients a run would mark failed before sending."""
+        return sum(self.invalid_by_reason.values())
+
+    def reasons(self) -> list[tuple[str, int]]:
+        """The invalid recipients' reasons with their counts, the most common first."""
+        return sorted(self.invalid_by_reason.items(), key=lambda item: (-item[1], item[0]))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The `preview --json` document; the sample as payload objects, phone numbers kept."""
+        return {
+            "campaign_id": self.campaign_id,
+            "name": self.name,
+            "message_type": self.message_type,
+            "status": self.status,
+            "recipients": self.recipients,
+            "valid": self.valid,
+            "invalid": dict(self.reasons()),
+            "max_message_bytes": self.max_message_bytes,
+            "max_message_bytes_source": self.max_message_bytes_source,
+            "sample": [json.loads(payload) for payload in self.sample],
+        }
+
+
+def build_preview(
+    store: CampaignStore,
+    campaign: PreviewCampaign,
+    queue_limit: QueueLimit,
+    sample_size: int = DEFAULT_SAMPLE_SIZE,
+    recipients_per_chunk: int = RECIPIENTS_PER_CHUNK,
+) -> PreviewReport:
+    """Count the campaign's pending recipients, valid and invalid by reason; keep a sample.
+
+    Memory holds one chunk and `sample_size` payloads, however large the audience.
+    """
+    report = PreviewReport(
+        campaign_id=campaign.id,
+        name=campaign.name,
+        message_type=campaign.message.message_type,
+        status=campaign.status,
+        max_message_bytes=queue_limit.max_message_bytes,
+        max_message_bytes_source=queue_limit.source,
+    )
+    for _, built in _built_chunks(
+        store, campaign, queue_limit.max_message_bytes, recipients_per_chunk
+    ):
+        invalid = built.filter(pl.col("failure_reason").is_not_null())
+        for reason, count in invalid.group_by("failure_reason").len().iter_rows():
+            report.invalid_by_reason[reason] += count
+        report.recipients += built.height
+        report.valid += built.height - invalid.height
+        wanted = sample_size - len(report.sample)
+        if wanted > 0:
+            valid = built.filter(pl.col("failure_reason").is_null())
+            report.sample += valid["payload"].head(wanted).to_list()
+    return report
+
+
+def format_preview(report: PreviewReport) -> list[str]:
+    """The report as `label  value` lines for a person; phone numbers masked throughout."""
+    lines = [
+        f"campaign    {report.campaign_id} {report.name!r} ({report.message_type})",
+        f"status      {report.status}",
+        f"recipients  {report.recipients} pending: {report.valid} valid, {report.invalid} invalid",
+    ]
+    reasons = report.reasons()
+    width = len(str(reasons[0][1])) if reasons else 0
+    for index, (reason, count) in enumerate(reasons):
+        label = "invalid" if index == 0 else ""
+        lines.append(f"{label:<10}  {count:>{width}}  {mask_phone_numbers(reason)}")
+    lines.append(
+        f"max size    {report.max_message_bytes:,} bytes, {report.max_message_bytes_source}"
+    )
+    if not report.sample:
+        shown = "none: no valid payload" if not report.valid else "none asked for (--limit 0)"
+        lines.append(f"sample      {shown}")
+        return lines
+    lines.append(
+        f"sample      the first {len(report.sample)} of {report.valid} valid payloads, "
+        "phone numbers masked:"
+    )
+    lines += [f"  {mask_phone_numbers(payload)}" for payload in report.sample]
+    return lines
+
+
+def masked_phone_number(phone: pl.Expr) -> pl.Expr:
+    """`***` and the number's last two digits, column-wise (as `mask_phone_numbers` shows it)."""
+    return pl.concat_str([pl.lit("***"), phone.str.replace_all(r"\D", "").str.slice(-2)])
+
+
+def preview_frame(
+    store: CampaignStore,
+    campaign: PreviewCampaign,
+    queue_limit: QueueLimit,
+    limit: int | None = None,
+    recipients_per_chunk: int = RECIPIENTS_PER_CHUNK,
+) -> pl.DataFrame:
+    """One row per pending recipient (the first `limit`, by id): id, masked `to`, payload, reason.
+
+    `payload` is the JSON text a run would queue (its `to` unmasked: it is the message), null
+    for an invalid recipient, whose `failure_reason` says why. All four columns are strings.
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be at least 0, not {limit}")
+    frames: list[pl.DataFrame] = []
+    rows = 0
+    # Each payload depends on its own recipient alone: smaller chunks build the same payloads.
+    chunk_size = recipients_per_chunk if limit is None else min(limit, recipients_per_chunk)
+    if limit != 0:
+        for chunk, built in _built_chunks(
+            store, campaign, queue_limit.max_message_bytes, chunk_size
+        ):
+            # Same rows in the same order: build_payloads selects from the chunk, never filters.
+            frame = built.with_columns(chunk["phone_number"]).select(
+                pl.col("id").alias("campaign_audience_id"),
+                masked_phone_number(pl.col("phone_number")).alias("to"),
+                "payload",
+                "failure_reason",
+            )
+            if limit is not None:
+                frame = frame.head(limit - rows)
+            frames.append(frame)
+            rows += frame.height
+            if limit is not None and rows >= limit:
+                break
+    if not frames:
+        return pl.DataFrame(schema=dict.fromkeys(FRAME_COLUMNS, pl.String))
+    return pl.concat(frames)
+
+
+def to_pandas(frame: pl.DataFrame) -> "pd.DataFrame":
+    """The preview frame as pandas through Arrow, string columns as pandas `string` (pd.NA)."""
+    import pandas as pd
+    import pyarrow as pa
+
+    def string_dtype(arrow_type: pa.DataType) -> pd.StringDtype | None:
+        text = pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+        return pd.StringDtype() if text or pa.types.is_string_view(arrow_type) else None
+
+    return frame.to_pandas(types_mapper=string_dtype)
+
+
+def preview(
+    campaign_id: str, limit: int | None = None, *, database_url: str | None = None
+) -> "pd.DataFrame":
+    """The campaign's pending recipients with the payloads a run would queue, as pandas.
+
+    One row per pending recipient, by id (the first `limit` of them; all when None), with
+    the columns `campaign_audience_id`, `to` (masked: `***67`), `payload` (the JSON text a
+    run would queue, or null) and `failure_reason` (null when valid), each of dtype `string`.
+    Nothing is written, nothing is sent; the queue's size limit is read as `preview` reads it.
+
+    Args:
+        campaign_id: UUID of the campaign; any status but `cancelled`.
+        limit: most rows to return.
+        database_url: the campaign database; default CAMPAIGN_DATABASE_URL, as for runs.
+
+    Raises:
+        PreviewError: the campaign cannot be previewed, or SQS is configured and unreadable.
+    """
+    store = CampaignStore(database_url=database_url)
+    try:
+        campaign = load_campaign(store, campaign_id)
+        frame = preview_frame(store, campaign, queue_limit_from_environment(), limit)
+    finally:
+        store.engine.dispose()
+    return to_pandas(frame)
