@@ -1,8 +1,8 @@
-"""The code location: two jobs, their sensors, a schedule and the resources they share."""
+"""The code location: three jobs, their sensors, a schedule and the resources they share."""
 
 import dagster as dg
 
-from campaign_pipeline.jobs import check_sqs_status, process_campaign_messages
+from campaign_pipeline.jobs import check_sqs_status, preview_campaign, process_campaign_messages
 from campaign_pipeline.ops.sqs_status import SQS_QUEUE_ASSET
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
@@ -15,7 +15,7 @@ from campaign_pipeline.sensors import (
 )
 
 defs = dg.Definitions(
-    jobs=[process_campaign_messages, check_sqs_status],
+    jobs=[process_campaign_messages, check_sqs_status, preview_campaign],
     sensors=[
         asset_generated_campaigns_sensor,
         record_campaign_run_failure,

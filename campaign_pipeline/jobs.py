@@ -11,6 +11,7 @@ from campaign_pipeline.ops import (
     plan_shards,
     send_campaign_messages,
 )
+from campaign_pipeline.ops.preview import preview_campaign_payloads
 from campaign_pipeline.ops.process_campaign import (
     CAMPAIGN_NAME_TAG,
     CAMPAIGN_PARTITIONS,
@@ -106,3 +107,14 @@ def campaign_tags(
 def check_sqs_status() -> None:
     """Ask SQS for the queue's attributes and record them as the run's metadata."""
     record_sqs_status()
+
+
+@dg.job(
+    description="Preview a campaign: build its pending recipients' payloads as a run would, "
+    "count them, show a sample; nothing is written or sent.",
+    executor_def=dg.in_process_executor,
+    tags={"pipeline": "campaign_preview"},
+)
+def preview_campaign() -> None:
+    """Build every pending recipient's payload and record the counts and a sample as metadata."""
+    preview_campaign_payloads()
