@@ -1,4 +1,4 @@
-"""The commands that only look: `status` (a campaign), `messages` and `sqs-status` (the queue)."""
+"""The commands that only look: `status` and `preview` (a campaign), `messages` and `sqs-status`."""
 
 import argparse
 import json
@@ -9,6 +9,14 @@ from typing import Any
 import dagster as dg
 import sqlalchemy as sa
 
+from campaign_pipeline.audience_preview import (
+    DEFAULT_SAMPLE_SIZE,
+    PreviewError,
+    build_preview,
+    format_preview,
+    load_campaign,
+    queue_limit_from_environment,
+)
 from campaign_pipeline.campaign_status import (
     RunSummary,
     campaign_report,
@@ -147,8 +155,40 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preview(args: argparse.Namespace) -> int:
+    """Print what a run would make of the campaign's pending recipients; change and send nothing."""
+    campaign_id = parse_campaign_id(args.campaign_id)
+    url = default_database_url()
+    store = open_store(url)
+    try:
+        if store.get_campaign(campaign_id) is None:
+            raise CliError(f"campaign {campaign_id} does not exist in {display_database_url(url)}")
+        campaign = load_campaign(store, campaign_id)
+        queue_limit = queue_limit_from_environment()
+        report = build_preview(store, campaign, queue_limit, args.limit)
+    except PreviewError as error:
+        raise CliError(str(error)) from None
+    except sa.exc.SQLAlchemyError as error:
+        raise CliError(
+            f"cannot read campaigns from {display_database_url(url)}: {database_reason(error)}"
+        ) from None
+    finally:
+        store.engine.dispose()
+    if args.json:
+        out(pretty(report.as_dict()))
+        return 0
+    if queue_limit.assumed:
+        err(
+            f"{PROG}: SQS is not configured (set {' and '.join(queue_limit.missing)}); assuming "
+            f"the queue takes messages of up to {queue_limit.max_message_bytes:,} bytes (1 MiB)"
+        )
+    for line in format_preview(report):
+        out(line)
+    return 0
+
+
 def add_commands(commands: Commands, parents: ParentParsers) -> None:
-    """Add `status`, `messages` and `sqs-status`."""
+    """Add `status`, `preview`, `messages` and `sqs-status`."""
     status = commands.add_parser(
         "status",
         parents=[parents.common],
@@ -161,6 +201,28 @@ def add_commands(commands: Commands, parents: ParentParsers) -> None:
     status.add_argument("campaign_id", metavar="CAMPAIGN_ID", help="UUID of the campaign")
     status.add_argument("--json", action="store_true", help="print one JSON document")
     status.set_defaults(handler=cmd_status)
+
+    preview = commands.add_parser(
+        "preview",
+        parents=[parents.common],
+        help="show the payloads a run would queue, without changing or sending anything",
+        description="Build the payload of every pending recipient exactly as a run would (the "
+        "same code, the queue's MaximumMessageSize) and print how many recipients there are, "
+        "how many are valid, the invalid ones by reason, and the first --limit payloads (phone "
+        "numbers masked; --json prints them as they would be queued). Works on a campaign in "
+        "any status but cancelled. Writes nothing; asks SQS only for the queue's maximum "
+        "message size ($AWS_SQS_QUEUE_URL in $AWS_REGION), assuming 1 MiB when it is not "
+        "configured. The campaign is read from CAMPAIGN_DATABASE_URL.",
+    )
+    preview.add_argument("campaign_id", metavar="CAMPAIGN_ID", help="UUID of the campaign")
+    preview.add_argument(
+        "--limit",
+        type=whole_number(0),
+        default=DEFAULT_SAMPLE_SIZE,
+        help=f"valid payloads to show (default {DEFAULT_SAMPLE_SIZE})",
+    )
+    preview.add_argument("--json", action="store_true", help="print one JSON document")
+    preview.set_defaults(handler=cmd_preview)
 
     messages = commands.add_parser(
         "messages",
