@@ -237,7 +237,7 @@ def build_preview(
 
 
 def format_preview(report: PreviewReport) -> list[str]:
-    """The report as `label  value` lines for a person; phone numbers masked throughout."""
+    """The report as `label  value` lines for a person; the sample's phone numbers masked."""
     lines = [
         f"campaign    {report.campaign_id} {report.name!r} ({report.message_type})",
         f"status      {report.status}",
@@ -247,7 +247,8 @@ def format_preview(report: PreviewReport) -> list[str]:
     width = len(str(reasons[0][1])) if reasons else 0
     for index, (reason, count) in enumerate(reasons):
         label = "invalid" if index == 0 else ""
-        lines.append(f"{label:<10}  {count:>{width}}  {mask_phone_numbers(reason)}")
+        # Reasons never hold a phone number, and masking would garble their sizes in bytes.
+        lines.append(f"{label:<10}  {count:>{width}}  {reason}")
     lines.append(
         f"max size    {report.max_message_bytes:,} bytes, {report.max_message_bytes_source}"
     )

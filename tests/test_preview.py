@@ -26,7 +26,9 @@ from campaign_pipeline import audience_preview
 from campaign_pipeline.audience_preview import (
     ASSUMED_MAX_MESSAGE_BYTES,
     ASSUMED_SOURCE,
+    PreviewReport,
     build_preview,
+    format_preview,
     load_campaign,
     queue_limit_from_environment,
 )
@@ -255,6 +257,28 @@ def test_queue_limit_is_assumed_when_sqs_is_not_configured(
     limit = queue_limit_from_environment()
     assert (limit.max_message_bytes, limit.source) == (ASSUMED_MAX_MESSAGE_BYTES, ASSUMED_SOURCE)
     assert limit.missing == ("AWS_SQS_QUEUE_URL",)
+
+
+def test_text_report_masks_the_sample_and_keeps_reasons_verbatim() -> None:
+    """Sizes in a reason stay as they are; the sample's phone numbers become ***NN."""
+    too_large = "payload is 1048577 bytes, over the queue's maximum message size of 1048576 bytes"
+    report = PreviewReport(
+        campaign_id="c",
+        name="n",
+        message_type="text",
+        status="draft",
+        max_message_bytes=ASSUMED_MAX_MESSAGE_BYTES,
+        max_message_bytes_source=ASSUMED_SOURCE,
+        recipients=2,
+        valid=1,
+        invalid_by_reason=Counter({too_large: 1}),
+        sample=['{"to":"+15550000001","messageContent":"call +15550000001"}'],
+    )
+
+    lines = format_preview(report)
+
+    assert f"invalid     1  {too_large}" in lines
+    assert lines[-1] == '  {"to":"***01","messageContent":"call ***01"}'
 
 
 @pytest.fixture
