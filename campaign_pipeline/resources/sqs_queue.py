@@ -261,7 +261,8 @@ class SqsQueue(dg.ConfigurableResource):
         """Send (ids, bodies) batches, several in flight; yield each result as it ends.
 
         Stops taking new batches after the first result with an error, and yields the batches
-        still in flight before returning, so no confirmed outcome is lost.
+        still in flight before returning, so no confirmed outcome is lost. A finished call is
+        yielded before the next batch is taken, since taking one may wait (a paced send).
         """
         batch_iter = iter(batches)
         with ThreadPoolExecutor(
@@ -271,6 +272,8 @@ class SqsQueue(dg.ConfigurableResource):
             failed = False
             while True:
                 while not failed and len(in_flight) < self.concurrency:
+                    if in_flight and in_flight[0].done():
+                        break
                     batch = next(batch_iter, None)
                     if batch is None:
                         break
