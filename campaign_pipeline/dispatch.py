@@ -312,6 +312,7 @@ def _queue_chunks(
     on_chunk: Callable[[SendStats], None],
     started: float,
     pacer: Pacer | None = None,
+    fair_group_id: str | None = None,
 ) -> None:
     stats = recorder.stats
 
@@ -333,7 +334,7 @@ def _queue_chunks(
         valid = built.filter(pl.col("failure_reason").is_null())
         error: Exception | None = None
         batches = _batches(valid, max_bytes, keep_sending, pacer)
-        for result in queue.send_batches(message.campaign_id, batches):
+        for result in queue.send_batches(message.campaign_id, batches, fair_group_id):
             stats.batches += 1
             stats.retried_entries += result.retried_entries
             recorder.add_batch(result)
@@ -377,8 +378,10 @@ def queue_campaign_messages(
     is paused or cancelled or `stop` is signalled. Raises `SendInterrupted` (after recording
     every confirmed outcome) when SQS keeps failing past its retries or another run took the
     campaign over. With `max_messages_per_second`, batches are handed out no faster than that
-    (see `pacing.py`).
+    (see `pacing.py`). Raises `SettingsError`, before sending anything, for an unusable
+    SQS_FAIR_QUEUE_GROUP.
     """
+    fair_group_id = queue.fair_group_id(message.campaign_id, message.organization_id)
     pacer = Pacer(max_messages_per_second) if max_messages_per_second is not None else None
     started = time.perf_counter()
     stats = SendStats()
@@ -400,6 +403,7 @@ def queue_campaign_messages(
                 on_chunk,
                 started,
                 pacer,
+                fair_group_id,
             )
     finally:
         recorder.close()

@@ -36,6 +36,16 @@ def positive_number(variable: str) -> float | None:
     return value
 
 
+def one_of(variable: str, choices: tuple[str, ...]) -> str | None:
+    """The variable as one of `choices`, None when unset or blank."""
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return None
+    if raw not in choices:
+        raise SettingsError(f"{variable} must be one of {', '.join(choices)}, not {raw!r}")
+    return raw
+
+
 def campaign_batch_size() -> int:
     """CAMPAIGN_BATCH_SIZE: campaigns the sensor starts per tick (default 10)."""
     return positive_int("CAMPAIGN_BATCH_SIZE", 10)

@@ -243,9 +243,13 @@ class TimedQueue(SqsQueue):
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def send_batch(
-        self, campaign_id: str, ids: Sequence[str], bodies: Sequence[str]
+        self,
+        campaign_id: str,
+        ids: Sequence[str],
+        bodies: Sequence[str],
+        fair_group_id: str | None = None,
     ) -> BatchResult:
-        result = super().send_batch(campaign_id, ids, bodies)
+        result = super().send_batch(campaign_id, ids, bodies, fair_group_id)
         with self._lock:
             if result.accepted_ids:
                 self._accepted.append((time.monotonic(), len(result.accepted_ids)))

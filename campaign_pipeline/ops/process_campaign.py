@@ -444,6 +444,9 @@ def send_campaign_messages(
             description=f"{error}. Recipients without an outcome stay pending for a rerun.",
             metadata=_send_metadata(error.stats, sqs_queue.queue_url),
         ) from None
+    except SettingsError as error:  # raised before anything was sent
+        campaign_store.release(campaign.id, context.run_id)
+        raise dg.Failure(description=str(error), allow_retries=False) from None
     except Exception:
         campaign_store.release(campaign.id, context.run_id)
         raise
