@@ -3,7 +3,8 @@ comes from, and how it is shared among send steps.
 
 The bucket's tests need nothing. The real-time send runs `queue_campaign_messages` against
 moto's server over HTTP and PostgreSQL at 40 messages/s for about ten seconds; the job tests
-run `execute_in_process` on PostgreSQL with tiny audiences.
+run `execute_in_process` on PostgreSQL with tiny audiences, and one run under the multiprocess
+executor, its two send steps in two processes, is timed by moto's SentTimestamp.
 """
 
 import bisect
@@ -12,6 +13,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -25,9 +27,9 @@ from campaign_pipeline.pacing import WAKE_SECONDS, Pacer, check_rate, rate_per_s
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import BatchResult, SqsQueue
 from campaign_pipeline.settings import SettingsError, campaign_max_messages_per_second
-from tests.conftest import REGION
+from tests.conftest import REGION, drain
 from tests.test_campaign_store import add_recipients, add_template_campaign
-from tests.test_job import failure_message
+from tests.test_job import definitions_job, failure_message
 
 LEASE_SECONDS = 60.0
 WINDOW_SECONDS = 10.0
@@ -424,3 +426,46 @@ def test_a_non_positive_column_fails_the_campaign_with_the_reason(
     campaign = postgres_store.get_campaign(campaign_id)
     assert (campaign["status"], campaign["last_error"]) == ("failed", reason)
     assert postgres_store.count_recipients(campaign_id)["pending"] == 3
+
+
+def test_two_send_processes_together_stay_under_the_campaigns_cap(
+    postgres_store: CampaignStore,
+    postgres_url: str,
+    make_queue: Callable[..., str],
+    moto_endpoint: str,
+    sqs_client: object,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two shards in two processes at 80 messages/s: each sends at 40, together at most 80."""
+    campaign_id = add_template_campaign(postgres_store, max_messages_per_second=80.0)
+    add_recipients(postgres_store, campaign_id, 400)
+    queue_url = make_queue(fifo=False)
+    monkeypatch.setenv("CAMPAIGN_DATABASE_URL", postgres_url)
+    monkeypatch.setenv("AWS_SQS_QUEUE_URL", queue_url)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", moto_endpoint)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent.parent))
+    run_config = campaign_run_config(campaign_id, processes=2, recipients_per_shard=200)
+    # Spawned, not forked from a fork server: the server outlives the test with this test's
+    # environment (its queue), which the next multiprocess test's steps would inherit.
+    run_config["execution"]["config"]["multiprocess"]["start_method"] = {"spawn": {}}
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        result = dg.execute_job(
+            dg.reconstructable(definitions_job), instance=instance, run_config=run_config
+        )
+        assert result.success
+        starts = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.STEP_START)
+        pids = {e.dagster_event.pid for e in starts if e.step_key.startswith("send_campaign")}
+        logged = [entry.message for entry in instance.all_logs(result.run_id)]
+    assert len(pids) == 2
+    assert any("2 shards, 2 at once, each at most 40 messages/s" in line for line in logged)
+    received = drain(sqs_client, queue_url)
+    sent = sorted(int(m["Attributes"]["SentTimestamp"]) / 1000 for m in received)
+    assert len(sent) == 400
+    # Each step's bucket holds one batch: two batches over the cap at most (and one more for
+    # the timestamps' millisecond rounding and the calls' jitter).
+    for window in (2.0, 4.0):
+        most = max(bisect.bisect_left(sent, t + window) - i for i, t in enumerate(sent))
+        assert most <= 80 * window + 2 * 10 + 10, f"{most} messages within {window} s"
+    # Steps that start apart send below the cap for a while; never much above it.
+    assert (len(sent) - 20) / (sent[-1] - sent[0]) <= 80 * 1.1
