@@ -22,6 +22,7 @@ import polars as pl
 
 from campaign_pipeline.batching import batch_slices
 from campaign_pipeline.lifecycle import STOPPED_STATUSES
+from campaign_pipeline.pacing import Pacer
 from campaign_pipeline.payloads import CampaignMessage, build_payloads
 from campaign_pipeline.resources.campaign_store import CampaignStore, IdRange, Outcomes, WriteAck
 from campaign_pipeline.resources.sqs_queue import BatchResult, SqsQueue
@@ -270,12 +271,18 @@ class _CampaignWatch:
 
 
 def _batches(
-    valid: pl.DataFrame, max_bytes: int, keep_going: Callable[[], bool]
+    valid: pl.DataFrame,
+    max_bytes: int,
+    keep_going: Callable[[], bool],
+    pacer: Pacer | None = None,
 ) -> Iterator[tuple[list[str], list[str]]]:
     ids = valid["id"].to_list()
     bodies = valid["payload"].to_list()
     for batch in batch_slices(valid["payload"].str.len_bytes().to_numpy(), max_bytes):
         if not keep_going():
+            return
+        # Paced here, where batches are handed out: the calls in flight stay concurrent.
+        if pacer is not None and not pacer.take(batch.stop - batch.start, keep_going):
             return
         yield ids[batch], bodies[batch]
 
@@ -304,6 +311,8 @@ def _queue_chunks(
     lease: _CampaignWatch,
     on_chunk: Callable[[SendStats], None],
     started: float,
+    pacer: Pacer | None = None,
+    fair_group_id: str | None = None,
 ) -> None:
     stats = recorder.stats
 
@@ -324,8 +333,8 @@ def _queue_chunks(
         recorder.add_invalid(built.filter(pl.col("failure_reason").is_not_null()))
         valid = built.filter(pl.col("failure_reason").is_null())
         error: Exception | None = None
-        batches = _batches(valid, max_bytes, keep_sending)
-        for result in queue.send_batches(message.campaign_id, batches):
+        batches = _batches(valid, max_bytes, keep_sending, pacer)
+        for result in queue.send_batches(message.campaign_id, batches, fair_group_id):
             stats.batches += 1
             stats.retried_entries += result.retried_entries
             recorder.add_batch(result)
@@ -361,14 +370,19 @@ def queue_campaign_messages(
     id_range: IdRange | None = None,
     on_chunk: Callable[[SendStats], None] = lambda stats: None,
     stop: StopSignal | None = None,
+    max_messages_per_second: float | None = None,
 ) -> SendStats:
     """Queue every pending recipient of the campaign; return what happened.
 
     Returns early, with `stopped` set and every confirmed outcome recorded, when the campaign
     is paused or cancelled or `stop` is signalled. Raises `SendInterrupted` (after recording
     every confirmed outcome) when SQS keeps failing past its retries or another run took the
-    campaign over.
+    campaign over. With `max_messages_per_second`, batches are handed out no faster than that
+    (see `pacing.py`). Raises `SettingsError`, before sending anything, for an unusable
+    SQS_FAIR_QUEUE_GROUP.
     """
+    fair_group_id = queue.fair_group_id(message.campaign_id, message.organization_id)
+    pacer = Pacer(max_messages_per_second) if max_messages_per_second is not None else None
     started = time.perf_counter()
     stats = SendStats()
     stop = stop or StopSignal()
@@ -388,6 +402,8 @@ def queue_campaign_messages(
                 lease,
                 on_chunk,
                 started,
+                pacer,
+                fair_group_id,
             )
     finally:
         recorder.close()

@@ -57,6 +57,9 @@ campaigns = sa.Table(
     # Set by `resume` to ready_to_launch, cleared by the claim: the processing sensor starts it.
     sa.Column("resumed_at", sa.DateTime(timezone=True)),
     sa.Column("resumed_by", sa.Text),
+    # How fast the campaign may be queued, in messages per second, all its send steps together
+    # (NULL: CAMPAIGN_MAX_MESSAGES_PER_SECOND, else no cap). Read when a run claims it.
+    sa.Column("max_messages_per_second", sa.Float),
     sa.Index("ix_campaigns_status_updated_at", "status", "updated_at"),
     # The processing sensor's unscheduled waiting campaigns, oldest first, without reading the
     # scheduled ones.

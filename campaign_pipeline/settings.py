@@ -1,5 +1,6 @@
 """Settings read from the spec's environment variables, with their documented defaults."""
 
+import math
 import os
 
 
@@ -19,6 +20,30 @@ def positive_int(variable: str, default: int) -> int:
     if value <= 0:
         raise SettingsError(f"{variable} must be positive, not {value}")
     return value
+
+
+def positive_number(variable: str) -> float | None:
+    """The variable as a positive, finite number, None when unset or blank."""
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{variable} must be a number, not {raw!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise SettingsError(f"{variable} must be a positive number, not {raw!r}")
+    return value
+
+
+def one_of(variable: str, choices: tuple[str, ...]) -> str | None:
+    """The variable as one of `choices`, None when unset or blank."""
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return None
+    if raw not in choices:
+        raise SettingsError(f"{variable} must be one of {', '.join(choices)}, not {raw!r}")
+    return raw
 
 
 def campaign_batch_size() -> int:
@@ -44,3 +69,8 @@ def background_job_interval_seconds() -> int:
 def campaign_max_resume_attempts() -> int:
     """CAMPAIGN_MAX_RESUME_ATTEMPTS: resume runs of a stalled campaign before it fails (3)."""
     return positive_int("CAMPAIGN_MAX_RESUME_ATTEMPTS", 3)
+
+
+def campaign_max_messages_per_second() -> float | None:
+    """CAMPAIGN_MAX_MESSAGES_PER_SECOND: a campaign's rate cap (unset: none)."""
+    return positive_number("CAMPAIGN_MAX_MESSAGES_PER_SECOND")

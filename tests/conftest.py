@@ -90,6 +90,8 @@ def aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
     monkeypatch.delenv("SQS_MESSAGE_GROUP_ID", raising=False)
     monkeypatch.delenv("SQS_MAX_CONCURRENT_BATCHES", raising=False)
+    monkeypatch.delenv("SQS_FAIR_QUEUE_GROUP", raising=False)
+    monkeypatch.delenv("CAMPAIGN_MAX_MESSAGES_PER_SECOND", raising=False)
     monkeypatch.delenv("CAMPAIGN_DATABASE_URL", raising=False)
 
 

@@ -1,7 +1,8 @@
-"""The SQS resource: batching rules, per-entry retries, FIFO ids, concurrency.
+"""The SQS resource: batching rules, per-entry retries, FIFO ids, fair-queue groups, concurrency.
 
 Retry decisions are checked with botocore's Stubber (exact calls, no network); everything else
-against moto's server over HTTP, partial failures through the fault-injecting proxy.
+against moto's server over HTTP (which stores a standard queue's MessageGroupId and returns it),
+partial failures through the fault-injecting proxy.
 """
 
 import json
@@ -10,6 +11,9 @@ from collections.abc import Callable
 import pytest
 from botocore.stub import Stubber
 
+from campaign_pipeline.dispatch import queue_campaign_messages
+from campaign_pipeline.jobs import campaign_run_config, process_campaign_messages
+from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import (
     BatchResult,
     SqsQueue,
@@ -17,8 +21,10 @@ from campaign_pipeline.resources.sqs_queue import (
     is_retryable,
     mask_phone_numbers,
 )
+from campaign_pipeline.settings import SettingsError
 from tests.conftest import REGION, drain
 from tests.fault_proxy import FaultProxy
+from tests.test_campaign_store import add_recipients, add_template_campaign
 
 CAMPAIGN_ID = "123e4567-e89b-12d3-a456-426614174001"
 
@@ -255,3 +261,154 @@ def test_send_batches_stops_taking_batches_after_an_error(
     assert len(results) == 1
     assert results[0].error is not None
     assert not results[0].accepted_ids and not results[0].rejected
+
+
+# Fair queues: MessageGroupId on a standard queue (SQS_FAIR_QUEUE_GROUP)
+
+ORGANIZATION_ID = "123e4567-e89b-12d3-a456-426614174000"
+
+
+def test_a_fair_group_id_is_sent_on_every_entry_of_a_standard_queue() -> None:
+    """The exact request: each entry carries the group, and no FIFO deduplication id."""
+    queue, stubber = stubbed_queue()
+    request = batch_request(["a0", "a1"])
+    for entry in request["Entries"]:
+        entry["MessageGroupId"] = ORGANIZATION_ID
+    stubber.add_response(
+        "send_message_batch",
+        {
+            "Successful": [
+                {"Id": i, "MessageId": f"m{i}", "MD5OfMessageBody": "x"} for i in ("a0", "a1")
+            ],
+            "Failed": [],
+        },
+        request,
+    )
+    with stubber:
+        result = queue.send_batch(CAMPAIGN_ID, *messages(2), fair_group_id=ORGANIZATION_ID)
+    stubber.assert_no_pending_responses()
+    assert sorted(result.accepted_ids) == ["a0", "a1"]
+
+
+@pytest.mark.parametrize(
+    ("grouping", "expected"), [("organization", ORGANIZATION_ID), ("campaign", CAMPAIGN_ID)]
+)
+def test_a_standard_queue_groups_messages_by_organization_or_campaign(
+    make_sqs_queue: Callable[..., SqsQueue],
+    sqs_client: object,
+    monkeypatch: pytest.MonkeyPatch,
+    grouping: str,
+    expected: str,
+) -> None:
+    """SQS_FAIR_QUEUE_GROUP names each message's group; moto stores it and hands it back."""
+    monkeypatch.setenv("SQS_FAIR_QUEUE_GROUP", grouping)
+    queue = make_sqs_queue(fifo=False)
+    group = queue.fair_group_id(CAMPAIGN_ID, ORGANIZATION_ID)
+    assert group == expected
+    results = list(queue.send_batches(CAMPAIGN_ID, [messages(10), messages(5, "b")], group))
+    assert sum(len(r.accepted_ids) for r in results) == 15
+    received = drain(sqs_client, queue.queue_url)
+    assert len(received) == 15
+    assert {m["Attributes"]["MessageGroupId"] for m in received} == {expected}
+    assert not any("MessageDeduplicationId" in m["Attributes"] for m in received)
+
+
+def test_a_campaigns_messages_carry_its_organization_as_their_group(
+    sqlite_store: CampaignStore,
+    make_sqs_queue: Callable[..., SqsQueue],
+    sqs_client: object,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through the send loop: every message of the campaign is in its organization's group."""
+    monkeypatch.setenv("SQS_FAIR_QUEUE_GROUP", "organization")
+    campaign_id = add_template_campaign(sqlite_store)
+    add_recipients(sqlite_store, campaign_id, 25)
+    message = sqlite_store.claim(campaign_id, "run-1", 60).message
+    queue = make_sqs_queue(fifo=False)
+    stats = queue_campaign_messages(
+        message,
+        sqlite_store,
+        queue,
+        "run-1",
+        recipients_per_chunk=10,
+        outcomes_per_write=10,
+        lease_seconds=60,
+    )
+    assert stats.queued == 25
+    received = drain(sqs_client, queue.queue_url)
+    assert len(received) == 25
+    assert {m["Attributes"]["MessageGroupId"] for m in received} == {message.organization_id}
+
+
+def test_without_a_grouping_a_standard_queue_gets_no_group(
+    make_sqs_queue: Callable[..., SqsQueue], sqs_client: object
+) -> None:
+    """SQS_FAIR_QUEUE_GROUP unset: no MessageGroupId at all, as before fair queues."""
+    queue = make_sqs_queue(fifo=False)
+    group = queue.fair_group_id(CAMPAIGN_ID, ORGANIZATION_ID)
+    assert group is None
+    list(queue.send_batches(CAMPAIGN_ID, [messages(3)], group))
+    received = drain(sqs_client, queue.queue_url)
+    assert len(received) == 3
+    assert not any("MessageGroupId" in m["Attributes"] for m in received)
+
+
+def test_a_fifo_queue_keeps_its_own_group_whatever_the_fair_grouping(
+    make_sqs_queue: Callable[..., SqsQueue], sqs_client: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a FIFO queue SQS_FAIR_QUEUE_GROUP is ignored: the group is still the campaign."""
+    monkeypatch.setenv("SQS_FAIR_QUEUE_GROUP", "organization")
+    queue = make_sqs_queue(fifo=True)
+    group = queue.fair_group_id(CAMPAIGN_ID, ORGANIZATION_ID)
+    assert group is None
+    list(queue.send_batches(CAMPAIGN_ID, [messages(3)], group))
+    received = drain(sqs_client, queue.queue_url)
+    assert {m["Attributes"]["MessageGroupId"] for m in received} == {CAMPAIGN_ID}
+
+
+def test_the_resource_field_overrides_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """fair_queue_group on the resource wins over SQS_FAIR_QUEUE_GROUP."""
+    monkeypatch.setenv("SQS_FAIR_QUEUE_GROUP", "organization")
+    queue = SqsQueue(queue_url="https://x/q", region_name=REGION, fair_queue_group="campaign")
+    assert queue.fair_group_id(CAMPAIGN_ID, ORGANIZATION_ID) == CAMPAIGN_ID
+
+
+def test_a_bad_fair_grouping_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anything but organization or campaign is one SettingsError line, variable or field."""
+    monkeypatch.setenv("SQS_FAIR_QUEUE_GROUP", "tenant")
+    queue = SqsQueue(queue_url="https://x/q", region_name=REGION)
+    with pytest.raises(SettingsError) as error:
+        queue.fair_group_id(CAMPAIGN_ID, ORGANIZATION_ID)
+    assert str(error.value) == (
+        "SQS_FAIR_QUEUE_GROUP must be one of organization, campaign, not 'tenant'"
+    )
+    field = SqsQueue(queue_url="https://x/q", region_name=REGION, fair_queue_group="org")
+    with pytest.raises(SettingsError, match=r"^fair_queue_group must be one of"):
+        field.fair_group_id(CAMPAIGN_ID, ORGANIZATION_ID)
+
+
+def test_a_bad_fair_grouping_fails_the_run_in_one_line_sending_nothing(
+    postgres_store: CampaignStore,
+    make_sqs_queue: Callable[..., SqsQueue],
+    sqs_client: object,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The send step fails with the one line before any batch; the lease is let go."""
+    monkeypatch.setenv("SQS_FAIR_QUEUE_GROUP", "tenant")
+    campaign_id = add_template_campaign(postgres_store)
+    add_recipients(postgres_store, campaign_id, 5)
+    queue = make_sqs_queue(fifo=False)
+    result = process_campaign_messages.execute_in_process(
+        run_config=campaign_run_config(campaign_id),
+        resources={"campaign_store": postgres_store, "sqs_queue": queue},
+        raise_on_error=False,
+    )
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    assert failure.step_key.startswith("send_campaign_messages")
+    assert failure.step_failure_data.user_failure_data.description == (
+        "SQS_FAIR_QUEUE_GROUP must be one of organization, campaign, not 'tenant'"
+    )
+    assert drain(sqs_client, queue.queue_url) == []
+    assert postgres_store.count_recipients(campaign_id)["pending"] == 5
+    assert postgres_store.get_campaign(campaign_id)["lease_run_id"] is None

@@ -1,5 +1,6 @@
 """Ops that claim a campaign, queue its messages on SQS and record the result."""
 
+import os
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from campaign_pipeline.dispatch import (
     queue_campaign_messages,
 )
 from campaign_pipeline.lifecycle import STOPPED_STATUSES
+from campaign_pipeline.pacing import check_rate, rate_per_step
 from campaign_pipeline.payloads import (
     CampaignDefinitionError,
     CampaignMessage,
@@ -33,6 +35,7 @@ from campaign_pipeline.resources.campaign_store import (
     as_utc,
 )
 from campaign_pipeline.resources.sqs_queue import SqsQueue
+from campaign_pipeline.settings import SettingsError, campaign_max_messages_per_second
 from campaign_pipeline.text import canonical_campaign_id
 
 # A dropped database connection is worth another try; anything else about the database is not.
@@ -93,6 +96,8 @@ class ClaimedCampaign:
     # The run that claimed it. A re-execution from failure reuses this output without running
     # claim_campaign, so its steps claim the campaign for themselves when this differs.
     run_id: str = ""
+    # The campaign's rate cap, all its send steps together (None: no cap), as the claim read it.
+    max_messages_per_second: float | None = None
 
     @property
     def id(self) -> str:
@@ -106,6 +111,8 @@ class CampaignShard:
 
     campaign: ClaimedCampaign
     id_range: IdRange
+    # This step's share of the campaign's rate cap (see `plan_shards`); None: no cap.
+    max_messages_per_second: float | None = None
 
 
 def _reasons_table(stats: SendStats) -> dg.MetadataValue:
@@ -222,6 +229,38 @@ def _file_under_campaign(context: dg.OpExecutionContext, campaign_id: str, name:
         context.instance.add_run_tags(context.run_id, missing)
 
 
+def _rate_cap(claim: Claim, default: float | None) -> float | None:
+    """The campaign's `max_messages_per_second`, else CAMPAIGN_MAX_MESSAGES_PER_SECOND's.
+
+    Raises:
+        CampaignDefinitionError: the column holds something other than a positive number.
+    """
+    if claim.max_messages_per_second is None:
+        return default
+    try:
+        return check_rate(float(claim.max_messages_per_second), "max_messages_per_second")
+    except (TypeError, ValueError) as error:
+        raise CampaignDefinitionError(str(error)) from None
+
+
+def send_steps_at_once(run_config: Mapping[str, Any], shards: int) -> int:
+    """How many of a run's `shards` send steps its executor may run at the same time.
+
+    One under `in_process`; the multiprocess executor's `max_concurrent` (unset or 0: the
+    machine's CPUs, as Dagster does, which is also its default without an `execution` block);
+    another executor's `max_concurrent`, else every shard at once.
+    """
+    execution: Any = run_config.get("execution") or {}
+    settings: Any = execution.get("config") or {"multiprocess": {}}
+    if "in_process" in settings:
+        return 1
+    if "multiprocess" in settings:
+        limit = (settings["multiprocess"] or {}).get("max_concurrent") or os.cpu_count() or 1
+    else:
+        limit = settings.get("max_concurrent") or shards
+    return max(1, min(shards, int(limit)))
+
+
 @dg.op(out=dg.Out(ClaimedCampaign, is_required=False))
 def claim_campaign(
     context: dg.OpExecutionContext, config: CampaignConfig, campaign_store: CampaignStore
@@ -233,10 +272,16 @@ def claim_campaign(
     """
     campaign_id = _campaign_id_of_run(context, config)
     try:
+        # Before the claim: a bad setting fails the run without touching the campaign.
+        default_cap = campaign_max_messages_per_second()
+    except SettingsError as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from None
+    try:
         claim = _claim_or_take_over(
             context, campaign_store, campaign_id, config.lease_seconds, config.send_now
         )
         check_campaign_message(claim.message)
+        cap = _rate_cap(claim, default_cap)
     except (CampaignStopped, CampaignScheduled) as left_alone:
         context.instance.add_run_tags(context.run_id, {STOPPED_TAG: str(left_alone)})
         context.log.info(f"Nothing to do: {left_alone}")
@@ -260,9 +305,10 @@ def claim_campaign(
         )
     _file_under_campaign(context, campaign_id, claim.name)
     pending = counts["pending"]
+    capped = f", at most {cap:g} messages/s" if cap is not None else ""
     context.log.info(
         f"{'Resumed' if claim.resumed else 'Claimed'} campaign {campaign_id} "
-        f"({claim.message.message_type}) with {pending} pending recipients"
+        f"({claim.message.message_type}) with {pending} pending recipients{capped}"
     )
     yield dg.Output(
         ClaimedCampaign(
@@ -273,6 +319,7 @@ def claim_campaign(
             lease_seconds=config.lease_seconds,
             recipients_per_shard=config.recipients_per_shard,
             run_id=context.run_id,
+            max_messages_per_second=cap,
         ),
         metadata={
             "campaign_id": campaign_id,
@@ -280,6 +327,7 @@ def claim_campaign(
             "message_type": claim.message.message_type,
             "resumed": claim.resumed,
             "pending_recipients": pending,
+            **({"max_messages_per_second": dg.MetadataValue.float(cap)} if cap else {}),
         },
     )
 
@@ -293,9 +341,16 @@ def plan_shards(
         id_ranges = campaign_store.id_ranges(campaign.id, campaign.recipients_per_shard)
     except TRANSIENT_DATABASE_ERRORS as error:
         raise dg.RetryRequested(max_retries=3, seconds_to_wait=2) from error
-    context.log.info(f"Campaign {campaign.id}: {len(id_ranges)} shards")
+    # The cap is shared equally by the steps that can send at once, so together they stay
+    # under it; steps that do not overlap (a short last shard) then send below it.
+    steps = send_steps_at_once(context.run_config, len(id_ranges))
+    share = rate_per_step(campaign.max_messages_per_second, steps)
+    capped = f", {steps} at once, each at most {share:g} messages/s" if share is not None else ""
+    context.log.info(f"Campaign {campaign.id}: {len(id_ranges)} shards{capped}")
     for index, id_range in enumerate(id_ranges):
-        yield dg.DynamicOutput(CampaignShard(campaign, id_range), mapping_key=f"shard_{index}")
+        yield dg.DynamicOutput(
+            CampaignShard(campaign, id_range, share), mapping_key=f"shard_{index}"
+        )
 
 
 def _send_off_the_main_thread(send: Callable[[], SendStats], stop: StopSignal) -> SendStats:
@@ -375,6 +430,7 @@ def send_campaign_messages(
             id_range=shard.id_range,
             on_chunk=log_progress,
             stop=stop,
+            max_messages_per_second=shard.max_messages_per_second,
         )
 
     try:
@@ -388,6 +444,9 @@ def send_campaign_messages(
             description=f"{error}. Recipients without an outcome stay pending for a rerun.",
             metadata=_send_metadata(error.stats, sqs_queue.queue_url),
         ) from None
+    except SettingsError as error:  # raised before anything was sent
+        campaign_store.release(campaign.id, context.run_id)
+        raise dg.Failure(description=str(error), allow_retries=False) from None
     except Exception:
         campaign_store.release(campaign.id, context.run_id)
         raise

@@ -128,6 +128,8 @@ class Claim:
     name: str
     resumed: bool
     counts: dict[str, int] = field(default_factory=dict)
+    # The campaign's own rate cap (`max_messages_per_second`), as stored; None when unset.
+    max_messages_per_second: float | None = None
 
 
 @dataclass(frozen=True)
@@ -574,7 +576,13 @@ class CampaignStore(dg.ConfigurableResource):
             raise CampaignNotFound(f"campaign {campaign_id} does not exist")
         if not (claimed or resumed):
             raise _not_claimable(row)
-        return Claim(message=_message(row), name=row["name"], resumed=resumed, counts=counts)
+        return Claim(
+            message=_message(row),
+            name=row["name"],
+            resumed=resumed,
+            counts=counts,
+            max_messages_per_second=row["max_messages_per_second"],
+        )
 
     def control(self, campaign_id: str, command: Command, actor: str) -> ControlResult:
         """Pause, resume or cancel the campaign for `actor` (see `campaign_control`)."""

@@ -15,7 +15,7 @@ import dagster as dg
 from botocore.config import Config as BotocoreConfig
 from pydantic import Field, PrivateAttr
 
-from campaign_pipeline.settings import positive_int
+from campaign_pipeline.settings import SettingsError, one_of, positive_int
 
 # Per-entry failures SQS reports as sender faults although a later attempt can succeed.
 THROTTLING_CODES = frozenset(
@@ -31,6 +31,10 @@ THROTTLING_CODES = frozenset(
 
 GROUP_ID_VARIABLE = "SQS_MESSAGE_GROUP_ID"
 CONCURRENCY_VARIABLE = "SQS_MAX_CONCURRENT_BATCHES"
+FAIR_QUEUE_GROUP_VARIABLE = "SQS_FAIR_QUEUE_GROUP"
+# What a standard queue's MessageGroupId names, turning it into a fair queue: each
+# organization (or each campaign) is one tenant.
+FAIR_QUEUE_GROUPS = ("organization", "campaign")
 DEFAULT_MAX_CONCURRENT_BATCHES = 64
 # Not inside a longer word or hyphenated id: the digit runs of UUIDs (run and campaign ids,
 # which people search logs for) and hex ids stay as they are.
@@ -82,6 +86,13 @@ class SqsQueue(dg.ConfigurableResource):
         default=None,
         description="MessageGroupId on a FIFO queue. Unset: SQS_MESSAGE_GROUP_ID, "
         "else each campaign is its own group.",
+    )
+    fair_queue_group: str | None = Field(
+        default=None,
+        description="On a standard queue, the MessageGroupId of each message, so that SQS fair "
+        "queues keep one tenant's backlog from delaying the others: 'organization' (its "
+        "organization id) or 'campaign' (its campaign id). Unset: SQS_FAIR_QUEUE_GROUP, else no "
+        "MessageGroupId. FIFO queues ignore it (their group is message_group_id's).",
     )
     max_concurrent_batches: int | None = Field(
         default=None,
@@ -153,6 +164,36 @@ class SqsQueue(dg.ConfigurableResource):
         return positive_int(CONCURRENCY_VARIABLE, DEFAULT_MAX_CONCURRENT_BATCHES)
 
     @property
+    def fair_queue_grouping(self) -> str | None:
+        """What names a standard queue's message groups: the field, else SQS_FAIR_QUEUE_GROUP.
+
+        Raises:
+            SettingsError: neither 'organization' nor 'campaign'.
+        """
+        if self.fair_queue_group is None:
+            return one_of(FAIR_QUEUE_GROUP_VARIABLE, FAIR_QUEUE_GROUPS)
+        if self.fair_queue_group not in FAIR_QUEUE_GROUPS:
+            raise SettingsError(
+                f"fair_queue_group must be one of {', '.join(FAIR_QUEUE_GROUPS)}, "
+                f"not {self.fair_queue_group!r}"
+            )
+        return self.fair_queue_group
+
+    def fair_group_id(self, campaign_id: str, organization_id: str) -> str | None:
+        """The MessageGroupId of a campaign's messages on a standard (fair) queue, if any.
+
+        None on a FIFO queue, whose group is `message_group_id` (or SQS_MESSAGE_GROUP_ID, or the
+        campaign), and on a standard queue without a grouping.
+
+        Raises:
+            SettingsError: the grouping is neither 'organization' nor 'campaign'.
+        """
+        grouping = self.fair_queue_grouping
+        if self.is_fifo or grouping is None:
+            return None
+        return organization_id if grouping == "organization" else campaign_id
+
+    @property
     def is_fifo(self) -> bool:
         """FIFO queues are named `*.fifo`."""
         return self.queue_url.endswith(".fifo")
@@ -204,9 +245,18 @@ class SqsQueue(dg.ConfigurableResource):
         return self._max_message_bytes
 
     def _entries(
-        self, campaign_id: str, ids: Sequence[str], bodies: Sequence[str]
+        self,
+        campaign_id: str,
+        ids: Sequence[str],
+        bodies: Sequence[str],
+        fair_group_id: str | None = None,
     ) -> list[dict[str, str]]:
         if not self.is_fifo:
+            if fair_group_id is not None:
+                return [
+                    {"Id": i, "MessageBody": b, "MessageGroupId": fair_group_id}
+                    for i, b in zip(ids, bodies, strict=True)
+                ]
             return [{"Id": i, "MessageBody": b} for i, b in zip(ids, bodies, strict=True)]
         group_id = self.message_group_id or os.environ.get(GROUP_ID_VARIABLE) or campaign_id
         # A resend of the same recipient within SQS's 5-minute window is dropped by SQS.
@@ -221,14 +271,21 @@ class SqsQueue(dg.ConfigurableResource):
         ]
 
     def send_batch(
-        self, campaign_id: str, ids: Sequence[str], bodies: Sequence[str]
+        self,
+        campaign_id: str,
+        ids: Sequence[str],
+        bodies: Sequence[str],
+        fair_group_id: str | None = None,
     ) -> BatchResult:
         """Send up to ten messages (entry Id = audience id), retrying only passing failures.
 
         Accepted entries are never sent again. An API error that outlasts botocore's retries
-        ends the batch with `error` set, keeping the outcomes already known.
+        ends the batch with `error` set, keeping the outcomes already known. `fair_group_id`
+        (see `fair_group_id()`) is each message's MessageGroupId on a standard queue.
         """
-        entries = {entry["Id"]: entry for entry in self._entries(campaign_id, ids, bodies)}
+        entries = {
+            entry["Id"]: entry for entry in self._entries(campaign_id, ids, bodies, fair_group_id)
+        }
         result = BatchResult()
         to_send = list(entries.values())
         for attempt in range(self.max_entry_retries + 1):
@@ -256,14 +313,21 @@ class SqsQueue(dg.ConfigurableResource):
         return result
 
     def send_batches(
-        self, campaign_id: str, batches: Iterable[tuple[Sequence[str], Sequence[str]]]
+        self,
+        campaign_id: str,
+        batches: Iterable[tuple[Sequence[str], Sequence[str]]],
+        fair_group_id: str | None = None,
     ) -> Iterator[BatchResult]:
         """Send (ids, bodies) batches, several in flight; yield each result as it ends.
 
         Stops taking new batches after the first result with an error, and yields the batches
-        still in flight before returning, so no confirmed outcome is lost.
+        still in flight before returning, so no confirmed outcome is lost. A finished call is
+        yielded before the next batch is taken, since taking one may wait (a paced send).
         """
         batch_iter = iter(batches)
+        # Passed only when set, so a subclass wrapping send_batch(campaign_id, ids, bodies)
+        # keeps working on queues without fair groups.
+        group = {"fair_group_id": fair_group_id} if fair_group_id is not None else {}
         with ThreadPoolExecutor(
             max_workers=self.concurrency, thread_name_prefix="sqs-send"
         ) as pool:
@@ -271,10 +335,12 @@ class SqsQueue(dg.ConfigurableResource):
             failed = False
             while True:
                 while not failed and len(in_flight) < self.concurrency:
+                    if in_flight and in_flight[0].done():
+                        break
                     batch = next(batch_iter, None)
                     if batch is None:
                         break
-                    in_flight.append(pool.submit(self.send_batch, campaign_id, *batch))
+                    in_flight.append(pool.submit(self.send_batch, campaign_id, *batch, **group))
                 if not in_flight:
                     return
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
