@@ -57,6 +57,8 @@ campaigns = sa.Table(
     # Set by `resume` to ready_to_launch, cleared by the claim: the processing sensor starts it.
     sa.Column("resumed_at", sa.DateTime(timezone=True)),
     sa.Column("resumed_by", sa.Text),
+    # `resume --accept-invalid`: the preflight guard no longer holds the campaign back.
+    sa.Column("invalid_accepted_at", sa.DateTime(timezone=True)),
     sa.Index("ix_campaigns_status_updated_at", "status", "updated_at"),
     # The processing sensor's unscheduled waiting campaigns, oldest first, without reading the
     # scheduled ones.

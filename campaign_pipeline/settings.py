@@ -44,3 +44,24 @@ def background_job_interval_seconds() -> int:
 def campaign_max_resume_attempts() -> int:
     """CAMPAIGN_MAX_RESUME_ATTEMPTS: resume runs of a stalled campaign before it fails (3)."""
     return positive_int("CAMPAIGN_MAX_RESUME_ATTEMPTS", 3)
+
+
+def campaign_max_invalid_fraction() -> float:
+    """CAMPAIGN_MAX_INVALID_FRACTION: invalid recipients a campaign may have (0.5; 1 disables)."""
+    raw = os.environ.get("CAMPAIGN_MAX_INVALID_FRACTION", "").strip()
+    if not raw:
+        return 0.5
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(
+            f"CAMPAIGN_MAX_INVALID_FRACTION must be a number from 0 to 1, not {raw!r}"
+        ) from None
+    if not 0 <= value <= 1:
+        raise SettingsError(f"CAMPAIGN_MAX_INVALID_FRACTION must be from 0 to 1, not {value}")
+    return value
+
+
+def campaign_max_rejected() -> int:
+    """CAMPAIGN_MAX_REJECTED: entries SQS may refuse for good in one send step (default 100)."""
+    return positive_int("CAMPAIGN_MAX_REJECTED", 100)

@@ -22,6 +22,9 @@ from campaign_pipeline.payloads import (
     CampaignMessage,
     check_campaign_message,
 )
+from campaign_pipeline.preflight import EXACT_UP_TO as PREFLIGHT_EXACT_UP_TO
+from campaign_pipeline.preflight import SAMPLE_SLICES as PREFLIGHT_SAMPLE_SLICES
+from campaign_pipeline.preflight import count_invalid
 from campaign_pipeline.resources.campaign_store import (
     CampaignBusy,
     CampaignScheduled,
@@ -33,6 +36,11 @@ from campaign_pipeline.resources.campaign_store import (
     as_utc,
 )
 from campaign_pipeline.resources.sqs_queue import SqsQueue
+from campaign_pipeline.settings import (
+    SettingsError,
+    campaign_max_invalid_fraction,
+    campaign_max_rejected,
+)
 from campaign_pipeline.text import canonical_campaign_id
 
 # A dropped database connection is worth another try; anything else about the database is not.
@@ -222,9 +230,50 @@ def _file_under_campaign(context: dg.OpExecutionContext, campaign_id: str, name:
         context.instance.add_run_tags(context.run_id, missing)
 
 
+def _preflight(
+    context: dg.OpExecutionContext,
+    campaign_store: CampaignStore,
+    sqs_queue: SqsQueue,
+    claim: Claim,
+    pending: int,
+) -> None:
+    """Hold the campaign back (paused, with why) if too many of its recipients are invalid."""
+    campaign_id = claim.message.campaign_id
+    try:
+        max_invalid = campaign_max_invalid_fraction()
+    except SettingsError as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from None
+    if max_invalid >= 1:
+        return
+    chunks, sampled = campaign_store.preflight_chunks(
+        campaign_id, pending, PREFLIGHT_EXACT_UP_TO, PREFLIGHT_SAMPLE_SLICES
+    )
+    counted = count_invalid(
+        claim.message, chunks, sqs_queue.max_message_bytes(), pending if sampled else None
+    )
+    verdict = counted.verdict(max_invalid)
+    context.log.info(
+        f"Preflight of campaign {campaign_id}: {counted.invalid} of {counted.recipients} "
+        f"{'sampled ' if sampled else ''}recipients invalid"
+    )
+    if verdict is None:
+        return
+    campaign_store.hold_back(
+        campaign_id, context.run_id, verdict, f"preflight guard: run {context.run_id}"
+    )
+    raise dg.Failure(
+        description=f"campaign {campaign_id} held back, nothing sent: {verdict}. Fix the "
+        "recipients and resume it, or `resume --accept-invalid` to send the valid ones",
+        allow_retries=False,
+    )
+
+
 @dg.op(out=dg.Out(ClaimedCampaign, is_required=False))
 def claim_campaign(
-    context: dg.OpExecutionContext, config: CampaignConfig, campaign_store: CampaignStore
+    context: dg.OpExecutionContext,
+    config: CampaignConfig,
+    campaign_store: CampaignStore,
+    sqs_queue: SqsQueue,
 ) -> Iterator[dg.Output[ClaimedCampaign]]:
     """Move the campaign from asset_generated to ready_to_launch (or resume it) for this run.
 
@@ -260,6 +309,8 @@ def claim_campaign(
         )
     _file_under_campaign(context, campaign_id, claim.name)
     pending = counts["pending"]
+    if not (claim.resumed or claim.invalid_accepted):
+        _preflight(context, campaign_store, sqs_queue, claim, pending)
     context.log.info(
         f"{'Resumed' if claim.resumed else 'Claimed'} campaign {campaign_id} "
         f"({claim.message.message_type}) with {pending} pending recipients"
@@ -363,6 +414,11 @@ def send_campaign_messages(
 
     stop = StopSignal()
 
+    try:
+        max_rejected = campaign_max_rejected()
+    except SettingsError as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from None
+
     def send() -> SendStats:
         return queue_campaign_messages(
             campaign.message,
@@ -375,6 +431,7 @@ def send_campaign_messages(
             id_range=shard.id_range,
             on_chunk=log_progress,
             stop=stop,
+            max_rejected=max_rejected,
         )
 
     try:
@@ -391,6 +448,15 @@ def send_campaign_messages(
     except Exception:
         campaign_store.release(campaign.id, context.run_id)
         raise
+    if stats.stopped == "rejected":
+        _hold_back_for_rejections(context, campaign_store, campaign.id, stats, max_rejected)
+        raise dg.Failure(
+            description=f"campaign {campaign.id} held back: SQS refused {stats.rejected} "
+            f"messages for good, more than CAMPAIGN_MAX_REJECTED ({max_rejected}): "
+            f"{_top_codes(stats)}. Every outcome so far is recorded; the rest stay pending",
+            metadata=_send_metadata(stats, sqs_queue.queue_url),
+            allow_retries=False,
+        )
     context.add_output_metadata(_send_metadata(stats, sqs_queue.queue_url))
     stopped = f" (stopped: campaign {stats.stopped})" if stats.stopped else ""
     context.log.info(
@@ -399,6 +465,28 @@ def send_campaign_messages(
         f"{stopped}"
     )
     return stats
+
+
+def _top_codes(stats: SendStats) -> str:
+    return ", ".join(f"{code} {count}" for code, count in stats.rejected_by_code.most_common(3))
+
+
+def _hold_back_for_rejections(
+    context: dg.OpExecutionContext,
+    campaign_store: CampaignStore,
+    campaign_id: str,
+    stats: SendStats,
+    max_rejected: int,
+) -> None:
+    """Pause the campaign SQS keeps refusing, with the top codes as its last error."""
+    reason = (
+        f"SQS refused {stats.rejected} messages for good in run {context.run_id}, more than "
+        f"CAMPAIGN_MAX_REJECTED ({max_rejected}): {_top_codes(stats)}"
+    )
+    # The campaign's counts moved with every outcome write; the other shards see the pause.
+    campaign_store.hold_back(
+        campaign_id, context.run_id, reason, f"rejection guard: run {context.run_id}"
+    )
 
 
 def _stop_description(campaign: Mapping[str, Any], status: str, pending: int) -> str:
