@@ -43,6 +43,8 @@ from campaign_pipeline.settings import (
 )
 from campaign_pipeline.text import canonical_campaign_id
 
+# SQS's largest MaximumMessageSize.
+SQS_MAX_MESSAGE_BYTES = 1_048_576
 # A dropped database connection is worth another try; anything else about the database is not.
 TRANSIENT_DATABASE_ERRORS = (sa.exc.OperationalError, sa.exc.InterfaceError)
 # How Dagster stops a step: Terminate in the UI (GraphQL terminateRun), or Ctrl-C on `process`.
@@ -231,13 +233,13 @@ def _file_under_campaign(context: dg.OpExecutionContext, campaign_id: str, name:
 
 
 def _preflight(
-    context: dg.OpExecutionContext,
-    campaign_store: CampaignStore,
-    sqs_queue: SqsQueue,
-    claim: Claim,
-    pending: int,
+    context: dg.OpExecutionContext, campaign_store: CampaignStore, claim: Claim, pending: int
 ) -> None:
-    """Hold the campaign back (paused, with why) if too many of its recipients are invalid."""
+    """Hold the campaign back (paused, with why) if too many of its recipients are invalid.
+
+    Payloads are sized against SQS's largest message (1 MiB), so the claim needs no SQS: the
+    send still holds each to the queue's own limit.
+    """
     campaign_id = claim.message.campaign_id
     try:
         max_invalid = campaign_max_invalid_fraction()
@@ -249,7 +251,7 @@ def _preflight(
         campaign_id, pending, PREFLIGHT_EXACT_UP_TO, PREFLIGHT_SAMPLE_SLICES
     )
     counted = count_invalid(
-        claim.message, chunks, sqs_queue.max_message_bytes(), pending if sampled else None
+        claim.message, chunks, SQS_MAX_MESSAGE_BYTES, pending if sampled else None
     )
     verdict = counted.verdict(max_invalid)
     context.log.info(
@@ -270,10 +272,7 @@ def _preflight(
 
 @dg.op(out=dg.Out(ClaimedCampaign, is_required=False))
 def claim_campaign(
-    context: dg.OpExecutionContext,
-    config: CampaignConfig,
-    campaign_store: CampaignStore,
-    sqs_queue: SqsQueue,
+    context: dg.OpExecutionContext, config: CampaignConfig, campaign_store: CampaignStore
 ) -> Iterator[dg.Output[ClaimedCampaign]]:
     """Move the campaign from asset_generated to ready_to_launch (or resume it) for this run.
 
@@ -310,7 +309,7 @@ def claim_campaign(
     _file_under_campaign(context, campaign_id, claim.name)
     pending = counts["pending"]
     if not (claim.resumed or claim.invalid_accepted):
-        _preflight(context, campaign_store, sqs_queue, claim, pending)
+        _preflight(context, campaign_store, claim, pending)
     context.log.info(
         f"{'Resumed' if claim.resumed else 'Claimed'} campaign {campaign_id} "
         f"({claim.message.message_type}) with {pending} pending recipients"
