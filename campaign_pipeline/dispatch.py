@@ -44,9 +44,17 @@ class SendStats:
     batches: int = 0
     retried_entries: int = 0
     seconds: float = 0.0
+    # Entries SQS refused for good, by error code.
+    rejected_by_code: Counter[str] = field(default_factory=Counter)
     # Why sending stopped before every pending recipient had an outcome: "paused",
-    # "cancelled" (the campaign's status) or what the caller's StopSignal said.
+    # "cancelled" (the campaign's status), "rejected" (more than the run's bound of entries
+    # refused for good) or what the caller's StopSignal said.
     stopped: str | None = None
+
+    @property
+    def rejected(self) -> int:
+        """Entries SQS refused for good."""
+        return sum(self.rejected_by_code.values())
 
     @property
     def failed(self) -> int:
@@ -68,6 +76,7 @@ def merge_stats(parts: Iterable[SendStats]) -> SendStats:
         total.failed_by_reason += part.failed_by_reason
         total.batches += part.batches
         total.retried_entries += part.retried_entries
+        total.rejected_by_code += part.rejected_by_code
         total.seconds = max(total.seconds, part.seconds)
         total.stopped = total.stopped or part.stopped
     return total
@@ -126,6 +135,7 @@ class _Recorder:
     window: int
     stats: SendStats
     stop: StopSignal
+    max_rejected: int | None = None
     outcomes: Outcomes = field(default_factory=Outcomes)
     lease_held: bool = True
     writer: ThreadPoolExecutor = field(default_factory=_writer_pool)
@@ -139,6 +149,10 @@ class _Recorder:
             summary = f"SQS rejected the message ({code})"
             self.outcomes.add_failed([id_], [f"{summary}: {message}" if message else summary])
             self.stats.failed_by_reason[summary] += 1
+            self.stats.rejected_by_code[code] += 1
+        if self.max_rejected is not None and self.stats.rejected > self.max_rejected:
+            # Refused for good this often, the rest would be too: stop as for a pause.
+            self.stop.stop("rejected")
         if (
             len(self.outcomes) >= self.window
             or time.monotonic() - self.window_started >= WINDOW_SECONDS
@@ -371,11 +385,13 @@ def queue_campaign_messages(
     on_chunk: Callable[[SendStats], None] = lambda stats: None,
     stop: StopSignal | None = None,
     max_messages_per_second: float | None = None,
+    max_rejected: int | None = None,
 ) -> SendStats:
     """Queue every pending recipient of the campaign; return what happened.
 
     Returns early, with `stopped` set and every confirmed outcome recorded, when the campaign
-    is paused or cancelled or `stop` is signalled. Raises `SendInterrupted` (after recording
+    is paused or cancelled, `stop` is signalled, or SQS refused more than `max_rejected`
+    entries for good. Raises `SendInterrupted` (after recording
     every confirmed outcome) when SQS keeps failing past its retries or another run took the
     campaign over. With `max_messages_per_second`, batches are handed out no faster than that
     (see `pacing.py`). Raises `SettingsError`, before sending anything, for an unusable
@@ -387,7 +403,14 @@ def queue_campaign_messages(
     stats = SendStats()
     stop = stop or StopSignal()
     recorder = _Recorder(
-        store, message.campaign_id, run_id, lease_seconds, outcomes_per_write, stats, stop
+        store,
+        message.campaign_id,
+        run_id,
+        lease_seconds,
+        outcomes_per_write,
+        stats,
+        stop,
+        max_rejected,
     )
     try:
         with _CampaignWatch(store, message.campaign_id, run_id, lease_seconds, stop) as lease:

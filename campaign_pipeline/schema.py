@@ -60,6 +60,8 @@ campaigns = sa.Table(
     # How fast the campaign may be queued, in messages per second, all its send steps together
     # (NULL: CAMPAIGN_MAX_MESSAGES_PER_SECOND, else no cap). Read when a run claims it.
     sa.Column("max_messages_per_second", sa.Float),
+    # `resume --accept-invalid`: the preflight guard no longer holds the campaign back.
+    sa.Column("invalid_accepted_at", sa.DateTime(timezone=True)),
     sa.Index("ix_campaigns_status_updated_at", "status", "updated_at"),
     # The processing sensor's unscheduled waiting campaigns, oldest first, without reading the
     # scheduled ones.

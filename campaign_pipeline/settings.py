@@ -74,3 +74,24 @@ def campaign_max_resume_attempts() -> int:
 def campaign_max_messages_per_second() -> float | None:
     """CAMPAIGN_MAX_MESSAGES_PER_SECOND: a campaign's rate cap (unset: none)."""
     return positive_number("CAMPAIGN_MAX_MESSAGES_PER_SECOND")
+
+
+def campaign_max_invalid_fraction() -> float:
+    """CAMPAIGN_MAX_INVALID_FRACTION: invalid recipients a campaign may have (0.5; 1 disables)."""
+    raw = os.environ.get("CAMPAIGN_MAX_INVALID_FRACTION", "").strip()
+    if not raw:
+        return 0.5
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(
+            f"CAMPAIGN_MAX_INVALID_FRACTION must be a number from 0 to 1, not {raw!r}"
+        ) from None
+    if not 0 <= value <= 1:
+        raise SettingsError(f"CAMPAIGN_MAX_INVALID_FRACTION must be from 0 to 1, not {value}")
+    return value
+
+
+def campaign_max_rejected() -> int:
+    """CAMPAIGN_MAX_REJECTED: entries SQS may refuse for good in one send step (default 100)."""
+    return positive_int("CAMPAIGN_MAX_REJECTED", 100)

@@ -43,6 +43,14 @@ from tests.invariant import check_campaign_invariant, drain_queue
 from tests.test_payloads import assert_valid_payloads
 
 ORGANIZATION_ID = "123e4567-e89b-12d3-a456-426614174000"
+
+
+@pytest.fixture(autouse=True)
+def no_preflight_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These campaigns are mostly hostile on purpose: the guard would hold them back."""
+    monkeypatch.setenv("CAMPAIGN_MAX_INVALID_FRACTION", "1")
+
+
 # One campaign id for the unit cases, so payload sizes in reasons are the same end to end.
 CAMPAIGN_ID = "123e4567-e89b-12d3-a456-426614174001"
 # The queue's MaximumMessageSize in these tests: small, so a long name outgrows it.
@@ -711,6 +719,7 @@ def cli_env(
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAMPAIGN_")}
     return env | {
         "DAGSTER_HOME": str(home),
+        "CAMPAIGN_MAX_INVALID_FRACTION": "1",
         "CAMPAIGN_DATABASE_URL": sqlite_store.database_url,
         "AWS_ENDPOINT_URL_SQS": moto_endpoint,
         "AWS_SQS_QUEUE_URL": make_queue(fifo=True),

@@ -351,8 +351,11 @@ def test_injection_strings_in_every_text_field_round_trip_and_harm_nothing(
     store: CampaignStore,
     make_sqs_queue: Callable[..., SqsQueue],
     sqs_client: object,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Injection strings everywhere: tables intact, each value exactly in its payload."""
+    # Most of these recipients are invalid on purpose; the preflight guard would hold them.
+    monkeypatch.setenv("CAMPAIGN_MAX_INVALID_FRACTION", "1")
     canary = store.add_campaign(
         organization_id=ORGANIZATION_ID, name="canary", status="draft", message_type="text"
     )

@@ -73,7 +73,11 @@ def _change(campaign_id: str, change: Callable[[CampaignStore], ControlResult]) 
 
 def _apply(args: argparse.Namespace, command: Command) -> int:
     campaign_id = parse_campaign_id(args.campaign_id)
-    result = _change(campaign_id, lambda store: store.control(campaign_id, command, operator()))
+    accept_invalid = getattr(args, "accept_invalid", False)
+    result = _change(
+        campaign_id,
+        lambda store: store.control(campaign_id, command, operator(), accept_invalid),
+    )
     out(result.message + _after(result))
     return 0
 
@@ -151,6 +155,13 @@ def add_commands(commands: Commands, parents: ParentParsers) -> None:
             name, parents=[parents.common], help=summary, description=description + store_note
         )
         parser.add_argument("campaign_id", metavar="CAMPAIGN_ID", help="UUID of the campaign")
+        if name == "resume":
+            parser.add_argument(
+                "--accept-invalid",
+                action="store_true",
+                help="send the valid recipients even if the preflight guard held the campaign "
+                "back for too many invalid ones",
+            )
         parser.set_defaults(handler=handler)
 
     schedule = commands.add_parser(

@@ -24,6 +24,9 @@ from campaign_pipeline.payloads import (
     CampaignMessage,
     check_campaign_message,
 )
+from campaign_pipeline.preflight import EXACT_UP_TO as PREFLIGHT_EXACT_UP_TO
+from campaign_pipeline.preflight import SAMPLE_SLICES as PREFLIGHT_SAMPLE_SLICES
+from campaign_pipeline.preflight import count_invalid
 from campaign_pipeline.resources.campaign_store import (
     CampaignBusy,
     CampaignScheduled,
@@ -35,9 +38,16 @@ from campaign_pipeline.resources.campaign_store import (
     as_utc,
 )
 from campaign_pipeline.resources.sqs_queue import SqsQueue
-from campaign_pipeline.settings import SettingsError, campaign_max_messages_per_second
+from campaign_pipeline.settings import (
+    SettingsError,
+    campaign_max_invalid_fraction,
+    campaign_max_messages_per_second,
+    campaign_max_rejected,
+)
 from campaign_pipeline.text import canonical_campaign_id
 
+# SQS's largest MaximumMessageSize.
+SQS_MAX_MESSAGE_BYTES = 1_048_576
 # A dropped database connection is worth another try; anything else about the database is not.
 TRANSIENT_DATABASE_ERRORS = (sa.exc.OperationalError, sa.exc.InterfaceError)
 # How Dagster stops a step: Terminate in the UI (GraphQL terminateRun), or Ctrl-C on `process`.
@@ -261,6 +271,44 @@ def send_steps_at_once(run_config: Mapping[str, Any], shards: int) -> int:
     return max(1, min(shards, int(limit)))
 
 
+def _preflight(
+    context: dg.OpExecutionContext, campaign_store: CampaignStore, claim: Claim, pending: int
+) -> None:
+    """Hold the campaign back (paused, with why) if too many of its recipients are invalid.
+
+    Payloads are sized against SQS's largest message (1 MiB), so the claim needs no SQS: the
+    send still holds each to the queue's own limit.
+    """
+    campaign_id = claim.message.campaign_id
+    try:
+        max_invalid = campaign_max_invalid_fraction()
+    except SettingsError as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from None
+    if max_invalid >= 1:
+        return
+    chunks, sampled = campaign_store.preflight_chunks(
+        campaign_id, pending, PREFLIGHT_EXACT_UP_TO, PREFLIGHT_SAMPLE_SLICES
+    )
+    counted = count_invalid(
+        claim.message, chunks, SQS_MAX_MESSAGE_BYTES, pending if sampled else None
+    )
+    verdict = counted.verdict(max_invalid)
+    context.log.info(
+        f"Preflight of campaign {campaign_id}: {counted.invalid} of {counted.recipients} "
+        f"{'sampled ' if sampled else ''}recipients invalid"
+    )
+    if verdict is None:
+        return
+    campaign_store.hold_back(
+        campaign_id, context.run_id, verdict, f"preflight guard: run {context.run_id}"
+    )
+    raise dg.Failure(
+        description=f"campaign {campaign_id} held back, nothing sent: {verdict}. Fix the "
+        "recipients and resume it, or `resume --accept-invalid` to send the valid ones",
+        allow_retries=False,
+    )
+
+
 @dg.op(out=dg.Out(ClaimedCampaign, is_required=False))
 def claim_campaign(
     context: dg.OpExecutionContext, config: CampaignConfig, campaign_store: CampaignStore
@@ -306,6 +354,8 @@ def claim_campaign(
     _file_under_campaign(context, campaign_id, claim.name)
     pending = counts["pending"]
     capped = f", at most {cap:g} messages/s" if cap is not None else ""
+    if not (claim.resumed or claim.invalid_accepted):
+        _preflight(context, campaign_store, claim, pending)
     context.log.info(
         f"{'Resumed' if claim.resumed else 'Claimed'} campaign {campaign_id} "
         f"({claim.message.message_type}) with {pending} pending recipients{capped}"
@@ -418,6 +468,11 @@ def send_campaign_messages(
 
     stop = StopSignal()
 
+    try:
+        max_rejected = campaign_max_rejected()
+    except SettingsError as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from None
+
     def send() -> SendStats:
         return queue_campaign_messages(
             campaign.message,
@@ -431,6 +486,7 @@ def send_campaign_messages(
             on_chunk=log_progress,
             stop=stop,
             max_messages_per_second=shard.max_messages_per_second,
+            max_rejected=max_rejected,
         )
 
     try:
@@ -450,6 +506,15 @@ def send_campaign_messages(
     except Exception:
         campaign_store.release(campaign.id, context.run_id)
         raise
+    if stats.stopped == "rejected":
+        _hold_back_for_rejections(context, campaign_store, campaign.id, stats, max_rejected)
+        raise dg.Failure(
+            description=f"campaign {campaign.id} held back: SQS refused {stats.rejected} "
+            f"messages for good, more than CAMPAIGN_MAX_REJECTED ({max_rejected}): "
+            f"{_top_codes(stats)}. Every outcome so far is recorded; the rest stay pending",
+            metadata=_send_metadata(stats, sqs_queue.queue_url),
+            allow_retries=False,
+        )
     context.add_output_metadata(_send_metadata(stats, sqs_queue.queue_url))
     stopped = f" (stopped: campaign {stats.stopped})" if stats.stopped else ""
     context.log.info(
@@ -458,6 +523,28 @@ def send_campaign_messages(
         f"{stopped}"
     )
     return stats
+
+
+def _top_codes(stats: SendStats) -> str:
+    return ", ".join(f"{code} {count}" for code, count in stats.rejected_by_code.most_common(3))
+
+
+def _hold_back_for_rejections(
+    context: dg.OpExecutionContext,
+    campaign_store: CampaignStore,
+    campaign_id: str,
+    stats: SendStats,
+    max_rejected: int,
+) -> None:
+    """Pause the campaign SQS keeps refusing, with the top codes as its last error."""
+    reason = (
+        f"SQS refused {stats.rejected} messages for good in run {context.run_id}, more than "
+        f"CAMPAIGN_MAX_REJECTED ({max_rejected}): {_top_codes(stats)}"
+    )
+    # The campaign's counts moved with every outcome write; the other shards see the pause.
+    campaign_store.hold_back(
+        campaign_id, context.run_id, reason, f"rejection guard: run {context.run_id}"
+    )
 
 
 def _stop_description(campaign: Mapping[str, Any], status: str, pending: int) -> str:

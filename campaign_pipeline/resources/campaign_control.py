@@ -77,12 +77,13 @@ def _handled(connection: sa.Connection, campaign_id: str, row: Any, now: datetim
     )
 
 
-def _changes(command: Command, actor: str, now: datetime) -> dict[str, Any]:
+def _changes(command: Command, actor: str, now: datetime, accept_invalid: bool) -> dict[str, Any]:
     if command == "pause":
         return {"paused_at": now, "paused_by": actor, "resumed_at": None}
     if command == "resume":
         # A fresh start for the recovery sensor's bounded attempts, too.
-        return {"resumed_at": now, "resumed_by": actor, "resume_attempts": 0}
+        changes = {"resumed_at": now, "resumed_by": actor, "resume_attempts": 0}
+        return changes | ({"invalid_accepted_at": now} if accept_invalid else {})
     return {"cancelled_at": now, "cancelled_by": actor, "resumed_at": None}
 
 
@@ -103,9 +104,16 @@ def _compare_and_set(
 
 
 def apply_command(
-    engine: sa.Engine, campaign_id: str, command: Command, actor: str
+    engine: sa.Engine,
+    campaign_id: str,
+    command: Command,
+    actor: str,
+    accept_invalid: bool = False,
 ) -> ControlResult:
     """Pause, resume or cancel the campaign on behalf of `actor` (who, for the record).
+
+    A resume with `accept_invalid` lifts the preflight guard: its valid recipients are sent
+    however many others are invalid.
 
     Raises `UnknownCampaign`, `CampaignControlRefused`, or `CampaignControlError` when the
     campaign changed `MAX_ATTEMPTS` times while this was deciding.
@@ -123,7 +131,8 @@ def apply_command(
                     campaign_id, command, row.status, row.status, False,
                     f"campaign {campaign_id} {decision.message}", row.lease_run_id,
                 )  # fmt: skip
-            values = {"status": decision.target, "updated_at": now, **_changes(command, actor, now)}
+            changes = _changes(command, actor, now, accept_invalid)
+            values = {"status": decision.target, "updated_at": now, **changes}
             if _compare_and_set(connection, campaign_id, row, values):
                 return ControlResult(
                     campaign_id, command, row.status, decision.target, True,

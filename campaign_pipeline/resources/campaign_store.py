@@ -1,6 +1,7 @@
 """The database of campaigns and their audiences, spoken to in the pipeline's own verbs."""
 
 import io
+import itertools
 import os
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -130,6 +131,8 @@ class Claim:
     counts: dict[str, int] = field(default_factory=dict)
     # The campaign's own rate cap (`max_messages_per_second`), as stored; None when unset.
     max_messages_per_second: float | None = None
+    # `resume --accept-invalid`: send the valid recipients whatever the preflight counts.
+    invalid_accepted: bool = False
 
 
 @dataclass(frozen=True)
@@ -582,11 +585,14 @@ class CampaignStore(dg.ConfigurableResource):
             resumed=resumed,
             counts=counts,
             max_messages_per_second=row["max_messages_per_second"],
+            invalid_accepted=row["invalid_accepted_at"] is not None,
         )
 
-    def control(self, campaign_id: str, command: Command, actor: str) -> ControlResult:
+    def control(
+        self, campaign_id: str, command: Command, actor: str, accept_invalid: bool = False
+    ) -> ControlResult:
         """Pause, resume or cancel the campaign for `actor` (see `campaign_control`)."""
-        return apply_command(self.engine, campaign_id, command, actor)
+        return apply_command(self.engine, campaign_id, command, actor, accept_invalid)
 
     def schedule(self, campaign_id: str, send_at: datetime | None, actor: str) -> ControlResult:
         """Set or clear the campaign's `send_at` (see `campaign_control.schedule`)."""
@@ -770,6 +776,61 @@ class CampaignStore(dg.ConfigurableResource):
             if chunk.height < chunk_size:
                 return
             after = chunk["id"][-1]
+
+    def preflight_chunks(
+        self, campaign_id: str, pending: int, exact_up_to: int, slices: int
+    ) -> tuple[Iterator[pl.DataFrame], bool]:
+        """Chunks of pending recipients for the preflight count, and whether they are a sample.
+
+        Up to `exact_up_to` pending: all of them. Above: `slices` runs of
+        `exact_up_to // slices` recipients, one at the start of each of `slices` id ranges of
+        equal size, so a sample spans the whole campaign whatever order ids were made in.
+        """
+        if pending <= exact_up_to:
+            return self.iter_pending_recipients(campaign_id, exact_up_to), False
+        per_slice = max(1, exact_up_to // slices)
+        ranges = self.id_ranges(campaign_id, max(1, pending // slices))
+
+        def sample() -> Iterator[pl.DataFrame]:
+            for id_range in ranges:
+                # The slice's first chunk only: the rest of the range is not read.
+                yield from itertools.islice(
+                    self.iter_pending_recipients(campaign_id, per_slice, id_range), 1
+                )
+
+        return sample(), True
+
+    def hold_back(self, campaign_id: str, run_id: str, reason: str, actor: str) -> bool:
+        """Pause the campaign a run holds, with `reason` as its last error, and release it.
+
+        For the guards: a campaign that must not be sent as it is. One compare-and-set on the
+        run's lease, so nothing else has taken the campaign meanwhile. Returns whether it did.
+        """
+        now = _now()
+        with self.engine.begin() as connection:
+            return bool(
+                connection.execute(
+                    campaigns.update()
+                    .where(
+                        campaigns.c.id == campaign_id,
+                        campaigns.c.lease_run_id == run_id,
+                        campaigns.c.status.in_(("ready_to_launch", "paused")),
+                    )
+                    .values(
+                        status="paused",
+                        version=campaigns.c.version + 1,
+                        updated_at=now,
+                        paused_at=now,
+                        paused_by=actor,
+                        resumed_at=None,
+                        last_error=reason,
+                        last_error_at=now,
+                        last_error_run_id=run_id,
+                        lease_run_id=None,
+                        lease_expires_at=None,
+                    )
+                ).rowcount
+            )
 
     def id_ranges(self, campaign_id: str, recipients_per_range: int) -> list[IdRange]:
         """Split the campaign's pending recipients into consecutive ranges of about that size."""
