@@ -3,8 +3,9 @@
 import argparse
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import dagster as dg
 import sqlalchemy as sa
@@ -12,6 +13,8 @@ import sqlalchemy as sa
 from campaign_pipeline.audience_preview import (
     DEFAULT_SAMPLE_SIZE,
     PreviewError,
+    PreviewReport,
+    QueueLimit,
     build_preview,
     format_preview,
     load_campaign,
@@ -39,8 +42,10 @@ from campaign_pipeline.cli.common import (
     pretty,
     whole_number,
 )
-from campaign_pipeline.resources.campaign_store import default_database_url
+from campaign_pipeline.resources.campaign_store import CampaignStore, default_database_url
 from campaign_pipeline.sqs_status import sqs_status_from_environment
+
+T = TypeVar("T")
 
 MESSAGES_DESCRIPTION = (
     "Print up to --limit messages waiting in the queue ($AWS_SQS_QUEUE_URL in $AWS_REGION; "
@@ -130,23 +135,30 @@ def _runs(campaign_id: str) -> list[RunSummary]:
         return campaign_runs(instance, campaign_id, url)
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    """Print one campaign's status, counts, progress, last error and runs."""
-    campaign_id = parse_campaign_id(args.campaign_id)
+def _read_campaign(campaign_id: str, read: Callable[[CampaignStore], T]) -> T:
+    """`read(store)` on the campaign store, once the campaign is known to exist there."""
     url = default_database_url()
     store = open_store(url)
     try:
         if store.get_campaign(campaign_id) is None:
             raise CliError(f"campaign {campaign_id} does not exist in {display_database_url(url)}")
-        report = campaign_report(store, campaign_id, _runs(campaign_id))
+        return read(store)
     except sa.exc.SQLAlchemyError as error:
         raise CliError(
             f"cannot read campaigns from {display_database_url(url)}: {database_reason(error)}"
         ) from None
     finally:
         store.engine.dispose()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print one campaign's status, counts, progress, last error and runs."""
+    campaign_id = parse_campaign_id(args.campaign_id)
+    report = _read_campaign(
+        campaign_id, lambda store: campaign_report(store, campaign_id, _runs(campaign_id))
+    )
     if report is None:
-        raise CliError(f"campaign {campaign_id} does not exist in {display_database_url(url)}")
+        raise CliError(f"campaign {campaign_id} does not exist")
     if args.json:
         out(pretty(report))
     else:
@@ -158,22 +170,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_preview(args: argparse.Namespace) -> int:
     """Print what a run would make of the campaign's pending recipients; change and send nothing."""
     campaign_id = parse_campaign_id(args.campaign_id)
-    url = default_database_url()
-    store = open_store(url)
-    try:
-        if store.get_campaign(campaign_id) is None:
-            raise CliError(f"campaign {campaign_id} does not exist in {display_database_url(url)}")
+
+    def preview(store: CampaignStore) -> tuple[QueueLimit, PreviewReport]:
         campaign = load_campaign(store, campaign_id)
-        queue_limit = queue_limit_from_environment()
-        report = build_preview(store, campaign, queue_limit, args.limit)
+        limit = queue_limit_from_environment()
+        return limit, build_preview(store, campaign, limit, args.limit)
+
+    try:
+        queue_limit, report = _read_campaign(campaign_id, preview)
     except PreviewError as error:
         raise CliError(str(error)) from None
-    except sa.exc.SQLAlchemyError as error:
-        raise CliError(
-            f"cannot read campaigns from {display_database_url(url)}: {database_reason(error)}"
-        ) from None
-    finally:
-        store.engine.dispose()
     if args.json:
         out(pretty(report.as_dict()))
         return 0
