@@ -14,7 +14,7 @@ from campaign_pipeline.dispatch import SendInterrupted, SendStats, queue_campaig
 from campaign_pipeline.resources.campaign_store import CampaignBusy, CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
 from tests.conftest import drain
-from tests.fault_proxy import FaultProxy
+from tests.fault_proxy import Call, FaultProxy
 from tests.test_campaign_store import add_recipients, add_template_campaign
 
 LEASE_SECONDS = 1.5
@@ -108,14 +108,20 @@ def test_a_lease_taken_over_stops_the_send_at_the_next_renewal(
     """Another run took the campaign (an operator, a takeover): this one stops sending."""
     campaign_id = add_template_campaign(postgres_store)
     add_recipients(postgres_store, campaign_id, 200)
-    with FaultProxy(moto_endpoint, delay_seconds=0.3) as slow:
+    first_stored = threading.Event()
+
+    def hook(call: Call, stage: str) -> None:
+        if call.action == "SendMessageBatch" and stage == "forwarded":
+            first_stored.set()
+
+    def steal() -> None:
+        # Once something is in the queue, however slowly a loaded machine got there.
+        first_stored.wait(30)
+        postgres_store.claim(campaign_id, "thief-run", 60, take_over_from="first-run")
+
+    with FaultProxy(moto_endpoint, delay_seconds=0.3, hook=hook) as slow:
         queue = make_sqs_queue(fifo=False, endpoint=slow.url, max_concurrent_batches=1)
-        thief = threading.Timer(
-            0.6,
-            postgres_store.claim,
-            args=(campaign_id, "thief-run", 60),
-            kwargs={"take_over_from": "first-run"},
-        )
+        thief = threading.Thread(target=steal)
         thief.start()
         with pytest.raises(SendInterrupted, match="no longer holds campaign"):
             send(postgres_store, queue, campaign_id, "first-run")
