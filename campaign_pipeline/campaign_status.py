@@ -33,7 +33,8 @@ class RunSummary:
         return self.status in ("STARTED", "CANCELING")
 
 
-def _time(timestamp: float | None) -> datetime | None:
+def utc_from_timestamp(timestamp: float | None) -> datetime | None:
+    """A run's start or end time (seconds since the epoch, or None) as a UTC datetime."""
     return datetime.fromtimestamp(timestamp, UTC) if timestamp else None
 
 
@@ -48,8 +49,8 @@ def campaign_runs(
         RunSummary(
             run_id=record.dagster_run.run_id,
             status=record.dagster_run.status.value,
-            start_time=_time(record.start_time),
-            end_time=_time(record.end_time),
+            start_time=utc_from_timestamp(record.start_time),
+            end_time=utc_from_timestamp(record.end_time),
             url=f"{dagster_url.rstrip('/')}/runs/{record.dagster_run.run_id}",
         )
         for record in records

@@ -23,6 +23,7 @@ from gql.transport.exceptions import (
 )
 from gql.transport.requests import RequestsHTTPTransport
 
+from campaign_pipeline.campaign_status import RUNS_SHOWN, RunSummary, utc_from_timestamp
 from campaign_pipeline.jobs import campaign_run_config, campaign_tags
 from campaign_pipeline.resources.campaign_store import CampaignStore, as_utc
 from campaign_pipeline.settings import campaign_send_processes
@@ -43,6 +44,16 @@ query CampaignRunsInProgress($filter: RunsFilter!) {
   runsOrError(filter: $filter) {
     __typename
     ... on Runs { results { runId status } }
+    ... on Error { message }
+  }
+}
+"""
+
+CAMPAIGN_RUNS_QUERY = """
+query CampaignRuns($filter: RunsFilter!, $limit: Int) {
+  runsOrError(filter: $filter, limit: $limit) {
+    __typename
+    ... on Runs { results { runId status startTime endTime } }
     ... on Error { message }
   }
 }
@@ -74,6 +85,18 @@ query RunFailure($runId: ID!) {
 
 class TriggerError(Exception):
     """The campaign cannot be triggered, or the webserver cannot be used; one line for a person."""
+
+
+class CampaignNotFound(TriggerError):
+    """No campaign has that id."""
+
+
+class CampaignNotProcessable(TriggerError):
+    """The campaign's status, schedule or a run in progress keeps it from being processed now."""
+
+
+class DagsterUnavailable(TriggerError):
+    """The Dagster webserver did not answer, or answered without the code location's job."""
 
 
 @dataclass(frozen=True)
@@ -148,18 +171,18 @@ def check_processable(
     """
     campaign = store.get_campaign(campaign_id)
     if campaign is None:
-        raise TriggerError(f"campaign {campaign_id} does not exist")
+        raise CampaignNotFound(f"campaign {campaign_id} does not exist")
     status = campaign["status"]
     if refusal := operator_refusal(campaign, send_now):
-        raise TriggerError(refusal)
+        raise CampaignNotProcessable(refusal)
     if status not in ("asset_generated", "ready_to_launch"):
-        raise TriggerError(
+        raise CampaignNotProcessable(
             f"campaign {campaign_id} is {status!r}; only 'asset_generated' campaigns (or "
             "'ready_to_launch' ones with pending recipients, which are resumed) can be processed"
         )
     pending = store.count_recipients(campaign_id)["pending"]
     if status == "ready_to_launch" and not pending:
-        raise TriggerError(
+        raise CampaignNotProcessable(
             f"campaign {campaign_id} is 'ready_to_launch' with no pending recipients; "
             "there is nothing left to send"
         )
@@ -221,7 +244,11 @@ class DagsterWebserver:
         return f"{self.shown_url}/runs/{run_id}"
 
     def _unusable(self, error: BaseException) -> TriggerError:
-        """A one-line `TriggerError` for a transport failure, found anywhere in `error`'s chain."""
+        """A one-line error for a transport failure, found anywhere in `error`'s chain.
+
+        `DagsterUnavailable` when the webserver did not answer or refused to; a plain
+        `TriggerError` when it answered with an error of its own.
+        """
         chain: list[BaseException] = []
         seen: BaseException | None = error
         while seen is not None and seen not in chain:
@@ -229,30 +256,32 @@ class DagsterWebserver:
             seen = seen.__cause__ or seen.__context__
         for seen in chain:
             if isinstance(seen, requests.exceptions.Timeout):
-                return TriggerError(
+                return DagsterUnavailable(
                     f"the Dagster webserver at {self.shown_url} did not answer "
                     f"within {self._timeout} s"
                 )
             if isinstance(seen, requests.exceptions.ConnectionError):
-                return TriggerError(
+                return DagsterUnavailable(
                     f"cannot reach the Dagster webserver at {self.shown_url}: is dagster-webserver "
                     f"running there? (set --dagster-url or {DAGSTER_URL_VARIABLE})"
                 )
             if isinstance(seen, TransportServerError):
                 hint = " (pass credentials with --header)" if seen.code in (401, 403) else ""
-                return TriggerError(
+                return DagsterUnavailable(
                     f"the Dagster webserver at {self.shown_url} refused the request: "
                     f"HTTP {seen.code}{hint}"
                 )
             if isinstance(seen, TransportProtocolError):
-                return TriggerError(
+                return DagsterUnavailable(
                     f"{self.shown_url}/graphql did not answer as Dagster's GraphQL API "
                     "(is the URL right, and does a proxy in front of it want --header?)"
                 )
             if isinstance(seen, TransportQueryError):
                 detail = seen.errors[0].get("message") if seen.errors else seen
                 return TriggerError(f"the Dagster webserver at {self.shown_url} answered: {detail}")
-        return TriggerError(f"the Dagster webserver at {self.shown_url} failed: {one_line(error)}")
+        return DagsterUnavailable(
+            f"the Dagster webserver at {self.shown_url} failed: {one_line(error)}"
+        )
 
     def _query(self, query: str, variables: Mapping[str, Any]) -> dict[str, Any]:
         try:
@@ -291,6 +320,25 @@ class DagsterWebserver:
             raise TriggerError(f"Dagster could not list runs: {one_line(data.get('message'))}")
         return [(run["runId"], run["status"]) for run in data["results"]]
 
+    def campaign_runs(self, campaign_id: str, limit: int = RUNS_SHOWN) -> list[RunSummary]:
+        """The campaign's latest runs (by its `campaign_id` tag), newest first."""
+        data = self._query(
+            CAMPAIGN_RUNS_QUERY,
+            {"filter": {"tags": [{"key": "campaign_id", "value": campaign_id}]}, "limit": limit},
+        )["runsOrError"]
+        if data["__typename"] != "Runs":
+            raise TriggerError(f"Dagster could not list runs: {one_line(data.get('message'))}")
+        return [
+            RunSummary(
+                run_id=run["runId"],
+                status=run["status"],
+                start_time=utc_from_timestamp(run["startTime"]),
+                end_time=utc_from_timestamp(run["endTime"]),
+                url=self.run_url(run["runId"]),
+            )
+            for run in data["results"]
+        ]
+
     def launch(self, run_config: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         """Submit a run of the job; returns its id (the run waits in the instance's queue)."""
         try:
@@ -300,7 +348,7 @@ class DagsterWebserver:
         except DagsterGraphQLClientError as error:
             kind = str(error.args[0]) if error.args else ""
             if kind in ("JobNotFoundError", "PipelineNotFoundError"):
-                raise TriggerError(
+                raise DagsterUnavailable(
                     f"the Dagster webserver at {self.shown_url} has no job {JOB_NAME}; is the "
                     "campaign_pipeline code location loaded (see Deployment in the UI)?"
                 ) from None
@@ -348,7 +396,7 @@ def trigger_campaign(
     in_progress = webserver.runs_in_progress(campaign_id)
     if in_progress:
         run_id, status = in_progress[0]
-        raise TriggerError(
+        raise CampaignNotProcessable(
             f"campaign {campaign_id} already has a run in progress: {run_id} ({status}), "
             f"{webserver.run_url(run_id)}"
         )

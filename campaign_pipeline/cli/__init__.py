@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from campaign_pipeline.cli import control, demo, inspection, processing
+from campaign_pipeline.cli import api, control, demo, inspection, processing
 from campaign_pipeline.cli.common import PROG, CliError, ParentParsers, err
 from campaign_pipeline.demo import DemoError
 from campaign_pipeline.settings import SettingsError
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     control.add_commands(commands, parents)
     inspection.add_commands(commands, parents)
     demo.add_commands(commands, parents)
+    api.add_commands(commands, parents)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""The spec's HTTP API (`campaign-pipeline serve-api`): FastAPI on uvicorn, in front of Dagster."""

@@ -1,0 +1,153 @@
+"""The HTTP API's request and response bodies, which its OpenAPI document describes.
+
+The response models mirror the CLI's `--json` documents (`status`, `preview`, `sqs-status`) field
+for field: the application checks every answer against them, so the document cannot drift from
+what is sent.
+"""
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Body(BaseModel):
+    """A request body: unknown fields are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProcessRequest(Body):
+    """Options of `process-messages`; the body may be left out."""
+
+    now: bool = Field(False, description="start a campaign scheduled for later now")
+
+
+class ResumeRequest(Body):
+    """Options of `resume`; the body may be left out."""
+
+    accept_invalid: bool = Field(
+        False,
+        description="send the valid recipients however many others the preflight found invalid",
+    )
+
+
+class ErrorBody(BaseModel):
+    """Every error: one line for a person."""
+
+    error: str
+
+
+class ProcessAccepted(BaseModel):
+    """A run was launched for the campaign (the spec's process-messages)."""
+
+    runId: str  # the spec's camelCase
+    status: str | None = Field(description="the run's Dagster status just after launch")
+    url: str = Field(description="the run's page in the Dagster UI")
+    campaignId: str
+    action: str = Field(description="'process' a new campaign, or 'resume' one already started")
+
+
+class ControlAnswer(BaseModel):
+    """What pause, resume or cancel did."""
+
+    campaign_id: str
+    command: str
+    before: str
+    after: str
+    changed: bool
+    message: str
+
+
+class Counts(BaseModel):
+    """Recipients by status."""
+
+    pending: int
+    ready_to_send: int
+    failed: int
+
+
+class Progress(BaseModel):
+    """The sending run's pace and the time left at it."""
+
+    run_id: str
+    handled: int
+    messages_per_second: float | None
+    eta_seconds: int | None
+
+
+class RunEntry(BaseModel):
+    """One of the campaign's runs, newest first."""
+
+    run_id: str
+    status: str
+    start_time: str | None
+    end_time: str | None
+    url: str
+
+
+class CampaignStatus(BaseModel):
+    """The `status --json` document, and why the runs are missing when Dagster did not answer."""
+
+    id: str
+    name: str | None
+    message_type: str | None
+    status: str
+    send_at: str | None
+    counts: Counts
+    progress: Progress | None
+    last_error: str | None
+    last_error_at: str | None
+    last_error_run_id: str | None
+    paused_at: str | None
+    paused_by: str | None
+    resumed_at: str | None
+    resumed_by: str | None
+    cancelled_at: str | None
+    cancelled_by: str | None
+    runs: list[RunEntry]
+    runs_error: str | None = None
+
+
+class Preview(BaseModel):
+    """The `preview --json` document: counts, invalid by reason, the first valid payloads."""
+
+    campaign_id: str
+    name: str | None
+    message_type: str
+    status: str
+    recipients: int
+    valid: int
+    invalid: dict[str, int]
+    max_message_bytes: int
+    max_message_bytes_source: str
+    sample: list[dict[str, Any]]
+
+
+class SqsStatus(BaseModel):
+    """The `sqs-status --json` document: configuration (never credentials), reachability, depth."""
+
+    configured: bool
+    reachable: bool
+    queue_url: str | None
+    region: str | None
+    endpoint_url: str | None
+    fifo: bool
+    message_group_id: str | None
+    visible_messages: int | None
+    in_flight_messages: int | None
+    delayed_messages: int | None
+    maximum_message_size_bytes: int | None
+    message_retention_seconds: int | None
+    visibility_timeout_seconds: int | None
+    dead_letter_target_arn: str | None
+    max_receive_count: int | None
+    error: str | None
+
+
+class Health(BaseModel):
+    """The server runs; whether what it depends on answers (reasons are in the server's log)."""
+
+    status: str = Field(description="'ok' when all three answer, else 'degraded'")
+    campaign_store: bool
+    sqs: bool
+    dagster: bool
