@@ -60,9 +60,11 @@ def cmd_serve_api(args: argparse.Namespace) -> int:
         raise CliError(str(error)) from None
     logging.basicConfig(
         stream=sys.stderr,
-        level=logging.INFO,
+        level=logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for name in ("campaign_pipeline", "uvicorn"):
+        logging.getLogger(name).setLevel(logging.INFO)
     app = create_app(ApiSettings(tokens, database_url, dagster_url))
     err(
         f"serving the campaign API on http://{args.host}:{args.port} ({len(tokens)} token"

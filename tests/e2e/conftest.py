@@ -73,17 +73,16 @@ def throwaway_database(prefix: str) -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture
-def dagster_instance_env(
-    tmp_path: Path, postgres_url: str, moto_endpoint: str, make_queue: Callable[..., str]
+@contextmanager
+def instance_environment(
+    home: Path, queue_url: str, moto_endpoint: str
 ) -> Iterator[dict[str, str]]:
     """Environment for the Dagster processes and the CLI: instance, campaign store and queue.
 
-    DAGSTER_HOME holds a copy of `deploy/dagster.yaml`, whose DAGSTER_PG_* variables point at a
-    new database; CAMPAIGN_DATABASE_URL at another (schema created); AWS_SQS_QUEUE_URL at a new
-    standard queue on moto. The sensor and the recovery interval are one second.
+    `home` (DAGSTER_HOME) gets a copy of `deploy/dagster.yaml`, whose DAGSTER_PG_* variables
+    point at a new database; CAMPAIGN_DATABASE_URL points at another (schema created) and
+    AWS_SQS_QUEUE_URL at `queue_url`. The sensor and the recovery interval are one second.
     """
-    home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(DEPLOY_DAGSTER_YAML, home / "dagster.yaml")
     with (
@@ -116,12 +115,26 @@ def dagster_instance_env(
                 "DAGSTER_PG_DB": dagster_db.database or "",
                 "CAMPAIGN_DATABASE_URL": campaigns_url,
                 "AWS_ENDPOINT_URL_SQS": moto_endpoint,
-                "AWS_SQS_QUEUE_URL": make_queue(fifo=False),
+                "AWS_SQS_QUEUE_URL": queue_url,
                 "CAMPAIGN_PROCESSING_INTERVAL": str(INTERVAL_MS),
                 "BACKGROUND_JOB_INTERVAL": str(INTERVAL_MS),
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        yield env
+
+
+@pytest.fixture
+def dagster_instance_env(
+    tmp_path: Path, postgres_url: str, moto_endpoint: str, make_queue: Callable[..., str]
+) -> Iterator[dict[str, str]]:
+    """`instance_environment` for one test, on a new standard queue on moto.
+
+    (`postgres_url` makes a test without PostgreSQL skip, outside CI.)
+    """
+    with instance_environment(
+        tmp_path / "dagster_home", make_queue(fifo=False), moto_endpoint
+    ) as env:
         yield env
 
 

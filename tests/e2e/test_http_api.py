@@ -1,0 +1,546 @@
+"""The HTTP API as its callers meet it: `serve-api` as a real server, driven over HTTP.
+
+One stack for the module: PostgreSQL (Dagster's storage and the campaign store), moto's SQS
+server, a real `dagster-webserver` and `dagster-daemon` (the processing sensors stopped, so only
+the API starts runs), and `campaign-pipeline serve-api` as a subprocess with one planted operator
+token and one read-only token given as its SHA-256 in a file. A few tests start a second server
+whose Dagster, database or queue is gone.
+"""
+
+import asyncio
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from campaign_pipeline.resources.campaign_store import CampaignStore
+from campaign_pipeline.schema import campaigns
+from tests.conftest import REGION, free_port, wait_for_port
+from tests.e2e.conftest import (
+    BIN,
+    LOGS_KEY,
+    ROOT,
+    RUN_START_SECONDS,
+    DagsterProcess,
+    DagsterProcesses,
+    add_campaign,
+    assert_every_recipient_accounted_for,
+    instance_environment,
+    run_cli,
+    sent_audience_ids,
+    stop_sensor,
+    wait_for_campaign,
+)
+
+# Planted: no log, no run, no row may ever hold them.
+OPERATOR_TOKEN = f"planted-operator-{uuid.uuid4().hex}"
+READ_TOKEN = f"planted-reader-{uuid.uuid4().hex}"
+UNKNOWN_ID = "00000000-0000-4000-8000-000000000000"
+UNAUTHENTICATED = {"error": "authentication required: send Authorization: Bearer <token>"}
+# The load check: this many requests in flight for this long (LOAD_SECONDS overrides).
+LOAD_CONCURRENCY = 50
+LOAD_SECONDS = float(os.environ.get("API_LOAD_SECONDS", "20"))
+
+
+@dataclass
+class ApiStack:
+    """The module's processes, their environment, and clients for the API and the store."""
+
+    env: dict[str, str]
+    processes: DagsterProcesses
+    dagster_url: str
+    api_url: str
+    api_log: Path
+    store: CampaignStore
+    sqs: Any
+
+    def client(self, token: str | None = OPERATOR_TOKEN, url: str | None = None) -> httpx.Client:
+        """An HTTP client for the API, sending `token` as a Bearer token."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=url or self.api_url, headers=headers, timeout=60)
+
+
+def start_api(processes: DagsterProcesses, env: dict[str, str], name: str) -> tuple[str, Path]:
+    """`campaign-pipeline serve-api` on a free port, in `processes`' care; its URL and log."""
+    port = free_port()
+    log = processes.log_dir / f"{name}.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [str(BIN / "campaign-pipeline"), "serve-api", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    started = DagsterProcess(name, process, log, f"http://127.0.0.1:{port}")
+    processes.started.append(started)
+    processes.logs[name] = log
+    wait_for_port(port, timeout=60)
+    started.check_alive()
+    return f"http://127.0.0.1:{port}", log
+
+
+@pytest.fixture(scope="module")
+def api(
+    tmp_path_factory: pytest.TempPathFactory, postgres_url: str, moto_endpoint: str
+) -> Iterator[ApiStack]:
+    """The module's stack, started once; stopped after its last test."""
+    sqs = boto3.client(
+        "sqs",
+        region_name=REGION,
+        endpoint_url=moto_endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    queue_url = sqs.create_queue(QueueName=f"api-{uuid.uuid4().hex[:12]}")["QueueUrl"]
+    root = tmp_path_factory.mktemp("http_api")
+    tokens_file = root / "read-tokens"
+    tokens_file.write_text(
+        "# the read-only token, as its digest\n"
+        f"sha256:{hashlib.sha256(READ_TOKEN.encode()).hexdigest()}\n"
+    )
+    with instance_environment(root / "dagster_home", queue_url, moto_endpoint) as env:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+            env.pop(name, None)
+        env.update(
+            {
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_REGION": REGION,
+                "AWS_DEFAULT_REGION": REGION,
+                "AWS_CONFIG_FILE": os.devnull,
+                "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            }
+        )
+        log_dir = root / "logs"
+        log_dir.mkdir()
+        processes = DagsterProcesses(env, log_dir, {})
+        store = CampaignStore(database_url=env["CAMPAIGN_DATABASE_URL"])
+        try:
+            webserver = processes.webserver()
+            assert webserver.url
+            for sensor in ("asset_generated_campaigns_sensor", "resume_stalled_campaigns_sensor"):
+                stop_sensor(webserver.url, sensor)
+            processes.daemon()
+            env["DAGSTER_URL"] = webserver.url
+            api_env = env | {
+                "CAMPAIGN_API_TOKENS": OPERATOR_TOKEN,
+                "CAMPAIGN_API_READ_TOKENS_FILE": str(tokens_file),
+            }
+            api_url, api_log = start_api(processes, api_env, "serve-api")
+            yield ApiStack(env, processes, webserver.url, api_url, api_log, store, sqs)
+        finally:
+            processes.stop_all()
+            store.engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def attach_logs(request: pytest.FixtureRequest, api: ApiStack) -> None:
+    """A failed test's report carries the tails of the servers' logs."""
+    request.node.stash[LOGS_KEY] = api.processes.logs
+
+
+def cli_json(api: ApiStack, *args: str) -> Any:
+    result = run_cli(*args, "--json", env=api.env)
+    assert result.returncode in (0, 1), result.stderr
+    return json.loads(result.stdout)
+
+
+def test_health_needs_no_token_and_says_what_answers(api: ApiStack) -> None:
+    with api.client(token=None) as client:
+        response = client.get("/api/health")
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ok",
+        "campaign_store": True,
+        "sqs": True,
+        "dagster": True,
+    }
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        None,
+        f"Bearer {OPERATOR_TOKEN}x",
+        f"Bearer {OPERATOR_TOKEN[:-1]}",
+        "",
+        "Bearer",
+        f"Basic {OPERATOR_TOKEN}",
+        f"Token {OPERATOR_TOKEN}",
+        OPERATOR_TOKEN,
+        f"Bearer sha256:{hashlib.sha256(READ_TOKEN.encode()).hexdigest()}",
+    ],
+    ids=["none", "longer", "shorter", "empty", "scheme-only", "basic", "token", "bare", "digest"],
+)
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/campaigns/sqs-status"),
+        ("GET", f"/api/campaigns/{UNKNOWN_ID}"),
+        ("POST", f"/api/campaigns/{UNKNOWN_ID}/process-messages"),
+        ("POST", "/api/campaigns/not-a-uuid/pause"),
+    ],
+)
+def test_every_wrong_token_is_401_without_a_hint(
+    api: ApiStack, authorization: str | None, method: str, path: str
+) -> None:
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    with httpx.Client(base_url=api.api_url, timeout=30) as client:
+        response = client.request(method, path, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.json() == UNAUTHENTICATED
+
+
+def test_a_read_token_reads_and_may_not_operate(api: ApiStack) -> None:
+    campaign_id = add_campaign(api.store, valid=3, status="draft")
+    with api.client(READ_TOKEN) as client:
+        assert client.get(f"/api/campaigns/{campaign_id}").status_code == 200
+        assert client.get(f"/api/campaigns/{campaign_id}/preview").status_code == 200
+        assert client.get("/api/campaigns/sqs-status").status_code == 200
+        for action in ("process-messages", "pause", "resume", "cancel"):
+            response = client.post(f"/api/campaigns/{campaign_id}/{action}")
+            assert response.status_code == 403, response.text
+            assert "may only read" in response.json()["error"]
+    assert api.store.get_campaign(campaign_id)["status"] == "draft"
+
+
+def test_sqs_status_is_the_cli_document(api: ApiStack) -> None:
+    with api.client() as client:
+        response = client.get("/api/campaigns/sqs-status")
+    assert response.status_code == 200
+    document = response.json()
+    assert document == cli_json(api, "sqs-status")
+    assert document["reachable"] and document["queue_url"] == api.env["AWS_SQS_QUEUE_URL"]
+    assert "testing" not in response.text  # the access key and secret
+
+
+def test_process_messages_queues_every_recipient_once(api: ApiStack) -> None:
+    campaign_id = add_campaign(api.store, valid=150, invalid=5)
+    with api.client() as client:
+        response = client.post(f"/api/campaigns/{campaign_id}/process-messages")
+        assert response.status_code == 202, response.text
+        accepted = response.json()
+        again = client.post(f"/api/campaigns/{campaign_id}/process-messages")
+    assert accepted["campaignId"] == campaign_id and accepted["action"] == "process"
+    assert accepted["status"] in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED")
+    assert accepted["url"] == f"{api.dagster_url}/runs/{accepted['runId']}"
+    assert again.status_code == 409
+    assert f"already has a run in progress: {accepted['runId']}" in again.json()["error"]
+
+    counts = wait_for_campaign(api.store, campaign_id, RUN_START_SECONDS + 60)
+    assert counts == {"pending": 0, "ready_to_send": 150, "failed": 5}
+    sent, message_ids = sent_audience_ids(api.sqs, api.env["AWS_SQS_QUEUE_URL"])
+    assert_every_recipient_accounted_for(api.store, campaign_id, sent, message_ids)
+
+    with api.client() as client:
+        finished = client.post(f"/api/campaigns/{campaign_id}/process-messages")
+        status = client.get(f"/api/campaigns/{campaign_id}")
+    assert finished.status_code == 409
+    assert "no pending recipients" in finished.json()["error"]
+    assert status.status_code == 200
+    document = status.json()
+    assert document["counts"] == counts
+    assert [run["run_id"] for run in document["runs"]] == [accepted["runId"]]
+    assert document["runs"][0]["status"] == "SUCCESS"
+    assert document["runs_error"] is None
+    # The CLI reads the same instance directly; the documents agree.
+    assert cli_json(api, "status", campaign_id) == {
+        key: value for key, value in document.items() if key != "runs_error"
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "send_at", "code", "fragment"),
+    [
+        ("draft", None, 409, "only 'asset_generated' campaigns"),
+        ("cancelled", None, 409, "is cancelled; it is never processed again"),
+        ("paused", None, 409, "is paused"),
+        ("asset_generated", timedelta(days=1), 409, "is scheduled for"),
+    ],
+)
+def test_process_messages_refuses_what_cannot_be_processed(
+    api: ApiStack, status: str, send_at: timedelta | None, code: int, fragment: str
+) -> None:
+    campaign_id = add_campaign(api.store, valid=2, status=status)
+    if send_at:
+        with api.store.engine.begin() as connection:
+            connection.execute(
+                sa.update(campaigns)
+                .where(campaigns.c.id == campaign_id)
+                .values(send_at=datetime.now(UTC) + send_at)
+            )
+    with api.client() as client:
+        response = client.post(f"/api/campaigns/{campaign_id}/process-messages")
+    assert response.status_code == code, response.text
+    assert fragment in response.json()["error"]
+    assert api.store.get_campaign(campaign_id)["status"] == status
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "code", "error"),
+    [
+        ("POST", f"/api/campaigns/{UNKNOWN_ID}/process-messages", 404, "does not exist"),
+        ("GET", f"/api/campaigns/{UNKNOWN_ID}", 404, "does not exist"),
+        ("GET", f"/api/campaigns/{UNKNOWN_ID}/preview", 404, "does not exist"),
+        ("POST", f"/api/campaigns/{UNKNOWN_ID}/pause", 404, "does not exist"),
+        ("POST", "/api/campaigns/12345/process-messages", 422, "campaign id '12345' is not a UUID"),
+        ("GET", "/api/campaigns/12345", 422, "is not a UUID"),
+        ("GET", f"/api/campaigns/{UNKNOWN_ID}/preview?limit=-1", 422, "query limit"),
+        ("GET", f"/api/campaigns/{UNKNOWN_ID}/preview?limit=101", 422, "query limit"),
+        ("GET", "/api/nothing-here", 404, "is not an endpoint of this API"),
+        ("DELETE", f"/api/campaigns/{UNKNOWN_ID}", 405, "DELETE is not allowed"),
+    ],
+)
+def test_errors_are_one_line_with_the_status_that_says_why(
+    api: ApiStack, method: str, path: str, code: int, error: str
+) -> None:
+    with api.client() as client:
+        response = client.request(method, path)
+    assert response.status_code == code, response.text
+    body = response.json()
+    assert list(body) == ["error"] and "\n" not in body["error"]
+    assert error in body["error"]
+
+
+def test_bodies_are_checked_and_bounded(api: ApiStack) -> None:
+    campaign_id = add_campaign(api.store, valid=2, status="paused")
+    path = f"/api/campaigns/{campaign_id}/resume"
+    with api.client() as client:
+        not_json = client.post(path, content=b"{", headers={"Content-Type": "application/json"})
+        wrong_type = client.post(path, json={"accept_invalid": "maybe"})
+        unknown = client.post(path, json={"run_config": {"ops": {}}})
+        too_big = client.post(path, json={"accept_invalid": True, "pad": "x" * 20_000})
+        streamed = client.post(path, content=iter([b'{"accept_invalid": ', b" " * 20_000]))
+    assert not_json.status_code == 422 and "not valid JSON" in not_json.json()["error"]
+    assert wrong_type.status_code == 422 and "accept_invalid" in wrong_type.json()["error"]
+    assert unknown.status_code == 422 and "run_config" in unknown.json()["error"]
+    assert too_big.status_code == 413 and "over 16384 bytes" in too_big.json()["error"]
+    assert streamed.status_code == 413
+    assert api.store.get_campaign(campaign_id)["status"] == "paused"
+
+
+def test_pause_resume_cancel_answer_as_the_commands_do(api: ApiStack) -> None:
+    campaign_id = add_campaign(api.store, valid=2)
+    path = f"/api/campaigns/{campaign_id}"
+    with api.client() as client:
+        paused = client.post(f"{path}/pause")
+        again = client.post(f"{path}/pause")
+        resumed = client.post(f"{path}/resume", json={"accept_invalid": False})
+        cancelled = client.post(f"{path}/cancel")
+        refused = client.post(f"{path}/resume")
+    assert paused.status_code == 200, paused.text
+    assert paused.json() | {"message": ""} == {
+        "campaign_id": campaign_id,
+        "command": "pause",
+        "before": "asset_generated",
+        "after": "paused",
+        "changed": True,
+        "message": "",
+    }
+    assert again.status_code == 200 and not again.json()["changed"]
+    assert resumed.status_code == 200 and resumed.json()["after"] == "asset_generated"
+    assert cancelled.status_code == 200 and cancelled.json()["after"] == "cancelled"
+    assert refused.status_code == 409, refused.text
+    row = api.store.get_campaign(campaign_id)
+    assert row["status"] == "cancelled"
+    assert row["paused_by"] == row["cancelled_by"] == "api token #1 from 127.0.0.1"
+    # The same refusal, word for word, from the command line.
+    cli = run_cli("resume", campaign_id, env=api.env)
+    assert cli.returncode == 2 and refused.json()["error"] in cli.stderr
+
+
+def test_preview_is_the_cli_document(api: ApiStack) -> None:
+    campaign_id = add_campaign(api.store, valid=7, invalid=2, status="draft")
+    with api.client() as client:
+        response = client.get(f"/api/campaigns/{campaign_id}/preview", params={"limit": 3})
+    assert response.status_code == 200, response.text
+    document = response.json()
+    assert document["recipients"] == 9 and document["valid"] == 7 and len(document["sample"]) == 3
+    assert document == cli_json(api, "preview", campaign_id, "--limit", "3")
+
+
+def test_a_server_without_dagster_or_sqs_says_so(api: ApiStack) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    env = api.env | {
+        "CAMPAIGN_API_TOKENS": OPERATOR_TOKEN,
+        "DAGSTER_URL": closed,
+        "AWS_ENDPOINT_URL_SQS": closed,
+    }
+    url, _ = start_api(api.processes, env, "serve-api-no-dagster")
+    campaign_id = add_campaign(api.store, valid=2)
+    with api.client(url=url) as client:
+        health = client.get("/api/health")
+        process = client.post(f"/api/campaigns/{campaign_id}/process-messages")
+        status = client.get(f"/api/campaigns/{campaign_id}")
+        sqs = client.get("/api/campaigns/sqs-status")
+    assert health.status_code == 200
+    assert health.json() == {
+        "status": "degraded",
+        "campaign_store": True,
+        "sqs": False,
+        "dagster": False,
+    }
+    assert process.status_code == 503
+    assert f"cannot reach the Dagster webserver at {closed}" in process.json()["error"]
+    assert status.status_code == 200 and status.json()["runs"] == []
+    assert "cannot reach the Dagster webserver" in status.json()["runs_error"]
+    assert sqs.status_code == 503
+    assert sqs.json()["reachable"] is False and sqs.json()["error"]
+    assert api.store.get_campaign(campaign_id)["status"] == "asset_generated"
+
+
+def test_a_server_whose_database_is_gone_answers_503(api: ApiStack) -> None:
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/gone_{uuid.uuid4().hex[:8]}"
+    env = api.env | {"CAMPAIGN_API_TOKENS": OPERATOR_TOKEN, "CAMPAIGN_DATABASE_URL": url}
+    api_url, _ = start_api(api.processes, env, "serve-api-no-database")
+    with api.client(url=api_url) as client:
+        health = client.get("/api/health")
+        status = client.get(f"/api/campaigns/{UNKNOWN_ID}")
+        process = client.post(f"/api/campaigns/{UNKNOWN_ID}/process-messages")
+    assert health.status_code == 200 and health.json()["campaign_store"] is False
+    for response in (status, process):
+        assert response.status_code == 503, response.text
+        assert "the campaign database" in response.json()["error"]
+        assert "does not exist" in response.json()["error"]
+
+
+def test_a_server_without_tokens_refuses_to_start(api: ApiStack) -> None:
+    env = {k: v for k, v in api.env.items() if not k.startswith("CAMPAIGN_API_")}
+    result = run_cli("serve-api", "--port", str(free_port()), env=env, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "campaign-pipeline: error: no API token is configured: set CAMPAIGN_API_TOKENS "
+        "(comma-separated) or CAMPAIGN_API_TOKENS_FILE (one token or sha256:<hex> per line)"
+    ]
+
+
+def test_the_openapi_document_holds_under_fuzzing(api: ApiStack, tmp_path: Path) -> None:
+    """schemathesis, every check: no 5xx, every answer as documented, auth enforced."""
+    result = subprocess.run(
+        [
+            str(BIN / "schemathesis"),
+            "run",
+            f"{api.api_url}/api/openapi.json",
+            "--checks",
+            "all",
+            "--header",
+            f"Authorization: Bearer {OPERATOR_TOKEN}",
+            "--max-examples",
+            "25",
+            "--seed",
+            "1",
+            "--request-timeout",
+            "30",
+            "--no-color",
+            "--report-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env=api.env,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output.replace(OPERATOR_TOKEN, "<token>")
+
+
+def test_fifty_concurrent_readers_for_twenty_seconds(
+    api: ApiStack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The load check: status and sqs-status, 50 in flight; no error; throughput and p99."""
+    campaign_id = add_campaign(api.store, valid=20, status="draft")
+    paths = [f"/api/campaigns/{campaign_id}", "/api/campaigns/sqs-status"]
+
+    async def load() -> tuple[list[float], list[str]]:
+        latencies: list[float] = []
+        failures: list[str] = []
+        deadline = time.monotonic() + LOAD_SECONDS
+        limits = httpx.Limits(max_connections=LOAD_CONCURRENCY)
+        headers = {"Authorization": f"Bearer {READ_TOKEN}"}
+        async with httpx.AsyncClient(
+            base_url=api.api_url, headers=headers, limits=limits, timeout=60
+        ) as client:
+
+            async def reader(index: int) -> None:
+                n = index
+                while time.monotonic() < deadline:
+                    started = time.perf_counter()
+                    response = await client.get(paths[n % 2])
+                    latencies.append(time.perf_counter() - started)
+                    if response.status_code != 200:
+                        failures.append(f"{paths[n % 2]}: {response.status_code} {response.text}")
+                    n += 1
+
+            await asyncio.gather(*(reader(i) for i in range(LOAD_CONCURRENCY)))
+        return latencies, failures
+
+    started = time.monotonic()
+    latencies, failures = asyncio.run(load())
+    elapsed = time.monotonic() - started
+    assert not failures, failures[:5]
+    p50 = statistics.median(latencies)
+    p99 = statistics.quantiles(latencies, n=100)[98]
+    with capsys.disabled():
+        sys.stdout.write(
+            f"\nAPI load check: {len(latencies)} requests in {elapsed:.1f} s "
+            f"({len(latencies) / elapsed:.0f}/s) with {LOAD_CONCURRENCY} in flight; "
+            f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms\n"
+        )
+
+
+def test_no_token_is_in_any_log_or_in_dagster(api: ApiStack) -> None:
+    """Run last: after every request above, neither planted token is anywhere it could leak."""
+    planted = (OPERATOR_TOKEN, READ_TOKEN)
+    for name, log in api.processes.logs.items():
+        text = log.read_text(errors="replace")
+        assert text, name
+        for token in planted:
+            assert token not in text, f"a token is in the {name} log"
+    request_lines = [line for line in api.api_log.read_text().splitlines() if " ms token=" in line]
+    assert any("/process-messages 202 " in line and "token=#1" in line for line in request_lines)
+    assert any("token=sha256:" in line for line in request_lines)
+    assert any(" 401 " in line and "token=unknown" in line for line in request_lines)
+    home = Path(api.env["DAGSTER_HOME"])
+    for path in home.rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            for token in planted:
+                assert token.encode() not in content, path
+    dagster_db = (
+        f"postgresql://{api.env['DAGSTER_PG_USER']}@{api.env['DAGSTER_PG_HOST']}:"
+        f"{api.env['DAGSTER_PG_PORT']}/{api.env['DAGSTER_PG_DB']}"
+    )
+    campaigns_db = api.env["CAMPAIGN_DATABASE_URL"].replace("+psycopg", "")
+    for url in (dagster_db, campaigns_db):
+        with psycopg.connect(url) as connection:
+            tables = connection.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'"
+            ).fetchall()
+            assert len(tables) > 1
+            for (table,) in tables:
+                rows = connection.execute(
+                    f'SELECT t::text FROM "{table}" t'  # names from the catalog
+                ).fetchall()
+                for (row,) in rows:
+                    for token in planted:
+                        assert token not in row, f"a token is in {table}"
