@@ -10,8 +10,10 @@ line (method, path, status, milliseconds, the token's name), never with its head
 """
 
 import logging
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -37,7 +39,7 @@ from campaign_pipeline.audience_preview import (
     load_campaign,
     queue_limit_from_environment,
 )
-from campaign_pipeline.campaign_status import campaign_report
+from campaign_pipeline.campaign_status import RunSummary, campaign_report
 from campaign_pipeline.cli.common import database_reason, display_database_url
 from campaign_pipeline.lifecycle import Command
 from campaign_pipeline.resources.campaign_control import (
@@ -46,7 +48,7 @@ from campaign_pipeline.resources.campaign_control import (
     UnknownCampaign,
 )
 from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.sqs_status import sqs_status_from_environment
+from campaign_pipeline.sqs_status import SqsStatus, sqs_status_from_environment
 from campaign_pipeline.text import one_line
 from campaign_pipeline.trigger import (
     CampaignNotFound,
@@ -64,6 +66,11 @@ MAX_BODY_BYTES = 16 * 1024
 MAX_PREVIEW_SAMPLE = 100
 DAGSTER_TIMEOUT_SECONDS = 10
 HEALTH_TIMEOUT_SECONDS = 3.0
+# sqs-status and health ask SQS at most this often, however many callers poll them.
+SQS_STATUS_MAX_AGE_SECONDS = 1.0
+# A campaign's runs, likewise, for this many campaigns.
+RUNS_MAX_AGE_SECONDS = 1.0
+RUNS_REMEMBERED = 1_000
 UNAUTHENTICATED = "authentication required: send Authorization: Bearer <token>"
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -172,6 +179,70 @@ class BoundedRequests:
         return replay
 
 
+class RecentSqsStatus:
+    """The queue's status, asked of SQS at most once per `max_age` seconds.
+
+    A check builds its own short-lived boto3 client (100 ms and more of CPU here), and SQS
+    bills and throttles GetQueueAttributes: fifty monitors polling at once cost one call a
+    second. Callers arriving while a check runs wait for its answer.
+    """
+
+    def __init__(self, max_age: float = SQS_STATUS_MAX_AGE_SECONDS) -> None:
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._status: SqsStatus | None = None
+        self._checked_at = 0.0
+
+    def get(self) -> SqsStatus:
+        """The latest status, checked again if it is older than `max_age`."""
+        with self._lock:
+            if self._status is None or time.monotonic() - self._checked_at > self.max_age:
+                self._status = sqs_status_from_environment()
+                self._checked_at = time.monotonic()
+            return self._status
+
+
+class RecentRuns:
+    """Each campaign's runs, asked of Dagster at most once per `max_age` seconds.
+
+    The webserver's GraphQL costs it tens of milliseconds of CPU a query; many callers polling
+    one campaign cost one query a second. A run launched here is seen at once (`forget`).
+    """
+
+    def __init__(self, webserver: DagsterWebserver, max_age: float = RUNS_MAX_AGE_SECONDS) -> None:
+        self.webserver = webserver
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._latest: OrderedDict[str, tuple[float, list[RunSummary], str | None]] = OrderedDict()
+        self._fetching: dict[str, threading.Lock] = {}
+
+    def get(self, campaign_id: str) -> tuple[list[RunSummary], str | None]:
+        """The campaign's latest runs, and why they are missing when Dagster did not answer."""
+        with self._lock:
+            fetching = self._fetching.setdefault(campaign_id, threading.Lock())
+        with fetching:
+            with self._lock:
+                latest = self._latest.get(campaign_id)
+            if latest and time.monotonic() - latest[0] <= self.max_age:
+                return latest[1], latest[2]
+            try:
+                runs, error = self.webserver.campaign_runs(campaign_id), None
+            except TriggerError as problem:
+                runs, error = [], str(problem)
+            with self._lock:
+                self._latest[campaign_id] = (time.monotonic(), runs, error)
+                self._latest.move_to_end(campaign_id)
+                while len(self._latest) > RUNS_REMEMBERED:
+                    forgotten, _ = self._latest.popitem(last=False)
+                    self._fetching.pop(forgotten, None)
+            return runs, error
+
+    def forget(self, campaign_id: str) -> None:
+        """The next `get` asks Dagster (a run was just launched)."""
+        with self._lock:
+            self._latest.pop(campaign_id, None)
+
+
 def _validation_message(error: RequestValidationError) -> str:
     """The first problem with the request, on one line."""
     first = error.errors()[0] if error.errors() else {}
@@ -219,6 +290,7 @@ def _install_error_handlers(app: FastAPI, settings: ApiSettings) -> None:
     async def http_error(request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, StarletteHTTPException)
         messages = {
+            400: "the request body cannot be read as JSON",
             404: f"{request.url.path} is not an endpoint of this API",
             405: f"{request.method} is not allowed on {request.url.path}",
         }
@@ -249,7 +321,7 @@ def _install_error_handlers(app: FastAPI, settings: ApiSettings) -> None:
 
 
 def _health_checks(
-    store: CampaignStore, webserver: DagsterWebserver
+    store: CampaignStore, webserver: DagsterWebserver, sqs_status: RecentSqsStatus
 ) -> dict[str, Callable[[], str | None]]:
     """Each dependency's check: None when it answers, else why not (for the log only)."""
 
@@ -262,7 +334,7 @@ def _health_checks(
         return None
 
     def sqs() -> str | None:
-        return sqs_status_from_environment().error
+        return sqs_status.get().error
 
     def dagster() -> str | None:
         try:
@@ -278,7 +350,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
     """The API application on `settings`."""
     store = CampaignStore(database_url=settings.database_url)
     webserver = DagsterWebserver(settings.dagster_url, timeout=settings.dagster_timeout_seconds)
-    checks = _health_checks(store, webserver)
+    recent_sqs_status = RecentSqsStatus()
+    recent_runs = RecentRuns(webserver)
+    checks = _health_checks(store, webserver, recent_sqs_status)
     health_pool = ThreadPoolExecutor(max_workers=len(checks), thread_name_prefix="health")
 
     @asynccontextmanager
@@ -359,8 +433,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
         """The queue's configuration (never credentials), whether it answers, its depth.
 
         503, with the same document, when the queue does not answer or is not configured.
+        At most a second old: SQS is asked once a second, however many callers ask here.
         """
-        status = sqs_status_from_environment()
+        status = recent_sqs_status.get()
         if not status.reachable:
             response.status_code = 503
         return status.as_dict()
@@ -374,14 +449,11 @@ def create_app(settings: ApiSettings) -> FastAPI:
     def campaign_status(campaign_id: CampaignId, _token: Reader) -> dict[str, Any]:
         """The campaign's status, counts, progress and runs, as `status --json` prints them.
 
-        When Dagster does not answer, `runs` is empty and `runs_error` says why.
+        The runs are at most a second old; when Dagster does not answer, `runs` is empty and
+        `runs_error` says why.
         """
         canonical = known(campaign_id)
-        runs_error = None
-        try:
-            runs = webserver.campaign_runs(canonical)
-        except TriggerError as error:
-            runs, runs_error = [], str(error)
+        runs, runs_error = recent_runs.get(canonical)
         report = campaign_report(store, canonical, runs)
         if report is None:
             raise ApiError(404, f"campaign {canonical} does not exist")
@@ -391,7 +463,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         "/api/campaigns/{campaign_id}/process-messages",
         status_code=202,
         response_model=models.ProcessAccepted,
-        responses=_errors(401, 403, 404, 409, 413, 422, 502, 503),
+        responses=_errors(400, 401, 403, 404, 409, 413, 422, 502, 503),
         tags=["campaigns"],
     )
     def process_messages(
@@ -406,6 +478,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         canonical = str(campaign_id)
         send_now = bool(body and body.now)
         campaign, run_id = trigger_campaign(store, webserver, canonical, send_now)
+        recent_runs.forget(canonical)
         try:
             status: str | None = webserver.run_status(run_id).value
         except TriggerError:
@@ -435,7 +508,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             "message": result.message,
         }
 
-    control_errors = _errors(401, 403, 404, 409, 413, 422, 503)
+    control_errors = _errors(400, 401, 403, 404, 409, 413, 422, 503)
 
     @app.post(
         "/api/campaigns/{campaign_id}/pause",
@@ -490,6 +563,10 @@ def create_app(settings: ApiSettings) -> FastAPI:
         """
         canonical = known(campaign_id)
         campaign = load_campaign(store, canonical)
-        return build_preview(store, campaign, queue_limit_from_environment(), limit).as_dict()
+        try:
+            queue_limit = queue_limit_from_environment()
+        except PreviewError as error:  # the queue did not answer
+            raise ApiError(503, str(error)) from None
+        return build_preview(store, campaign, queue_limit, limit).as_dict()
 
     return app
