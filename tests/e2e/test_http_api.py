@@ -446,6 +446,28 @@ def test_a_server_without_tokens_refuses_to_start(api: ApiStack) -> None:
     ]
 
 
+def readme_curl_lines() -> list[str]:
+    """The `curl` lines of the README's HTTP API section."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## The HTTP API\n", 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("curl ")]
+
+
+def test_the_readme_curl_lines_work_as_shown(api: ApiStack) -> None:
+    lines = readme_curl_lines()
+    assert any("/process-messages" in line for line in lines)
+    assert any("/sqs-status" in line for line in lines)
+    campaign_id = add_campaign(api.store, valid=3)
+    env = api.env | {"API": api.api_url, "TOKEN": OPERATOR_TOKEN, "CAMPAIGN_ID": campaign_id}
+    for line in lines:
+        result = subprocess.run(
+            ["bash", "-c", line], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert result.returncode == 0, f"{line}: {result.stdout} {result.stderr}"
+        assert list(json.loads(result.stdout)) != ["error"], line
+    assert api.store.get_campaign(campaign_id)["status"] == "cancelled"
+
+
 def test_the_openapi_document_holds_under_fuzzing(api: ApiStack, tmp_path: Path) -> None:
     """schemathesis, every check: no 5xx, every answer as documented, auth enforced."""
     result = subprocess.run(
