@@ -40,7 +40,6 @@ from campaign_pipeline.audience_preview import (
     queue_limit_from_environment,
 )
 from campaign_pipeline.campaign_status import RunSummary, campaign_report
-from campaign_pipeline.cli.common import database_reason, display_database_url
 from campaign_pipeline.lifecycle import Command
 from campaign_pipeline.resources.campaign_control import (
     CampaignControlError,
@@ -49,7 +48,7 @@ from campaign_pipeline.resources.campaign_control import (
 )
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.sqs_status import SqsStatus, sqs_status_from_environment
-from campaign_pipeline.text import one_line
+from campaign_pipeline.text import database_reason, display_database_url, one_line
 from campaign_pipeline.trigger import (
     CampaignNotFound,
     CampaignNotProcessable,

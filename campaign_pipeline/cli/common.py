@@ -20,7 +20,12 @@ from sqlalchemy.engine import make_url
 
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
-from campaign_pipeline.text import canonical_campaign_id, one_line
+from campaign_pipeline.text import (
+    canonical_campaign_id,
+    database_reason,
+    display_database_url,
+    one_line,
+)
 
 PROG = "campaign-pipeline"
 JOB_NAME = "process_campaign_messages"
@@ -68,21 +73,6 @@ def err(text: str) -> None:
 def pretty(value: Any) -> str:
     """`value` as indented JSON, non-ASCII text kept readable."""
     return json.dumps(value, indent=2, ensure_ascii=False)
-
-
-def display_database_url(url: str) -> str:
-    """The database URL with any password replaced by `***`."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (sa.exc.ArgumentError, ValueError):
-        return "<unparsable database URL>"
-
-
-def database_reason(error: Exception) -> str:
-    """The driver's message for a database error, on one line, without SQLAlchemy's footer."""
-    original = getattr(error, "orig", None)
-    text = str(original if original is not None else error)
-    return one_line(text.split("(Background on this error")[0])
 
 
 def sqlite_file(url: str) -> Path | None:
