@@ -247,7 +247,9 @@ def _validation_message(error: RequestValidationError) -> str:
     first = error.errors()[0] if error.errors() else {}
     where = [str(part) for part in first.get("loc", ())]
     if where[:2] == ["path", "campaign_id"]:
-        return f"campaign id {first.get('input')!r} is not a UUID"
+        shown = str(first.get("input"))
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        return f"campaign id {shown!r} is not a UUID"
     if first.get("type") == "json_invalid":
         return "the request body is not valid JSON"
     place = " ".join(where) if where else "request"
