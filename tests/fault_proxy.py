@@ -50,6 +50,11 @@ from urllib.parse import urlsplit
 JSON_CONTENT_TYPE = "application/x-amz-json-1.0"
 # SQS drops a FIFO message whose deduplication id it saw in the last five minutes.
 DEDUPLICATION_SECONDS = 300.0
+# What an injected fault says: SQS's messages may quote the value they refuse, a phone number
+# here, which must reach neither a log nor a recipient's failure_reason unmasked.
+INJECTED_PHONE_NUMBER = "+14155550123"
+INJECTED_MESSAGE = f"injected: value {INJECTED_PHONE_NUMBER} is not valid"
+INJECTED_REASON = "injected: value ***23 is not valid"
 
 
 class Fault(enum.Enum):
@@ -302,7 +307,7 @@ class FaultProxy:
                     "Id": entry["Id"],
                     "SenderFault": sender_fault,
                     "Code": code,
-                    "Message": "injected",
+                    "Message": INJECTED_MESSAGE,
                 }
             )
         with self._lock:
@@ -360,7 +365,7 @@ class FaultProxy:
                 return True
 
             def _error(self, status: int, code: str, side: str) -> None:
-                error = {"__type": f"com.amazonaws.sqs#{code}", "message": "injected"}
+                error = {"__type": f"com.amazonaws.sqs#{code}", "message": INJECTED_MESSAGE}
                 self.send_response(status)
                 # SQS's JSON protocol names the query-protocol code and the fault's side here.
                 self.send_header("x-amzn-query-error", f"{code};{side}")

@@ -6,7 +6,7 @@ engine, drains the queue (receive, delete, until it is empty), and asserts:
 - every `ready_to_send` recipient has an `sqs_message_id`, no failure reason, and a drained
   message with that `MessageId` whose body's `campaignAudienceId`, `campaignId` and `to` are the
   recipient's;
-- every `failed` recipient has a non-empty reason and no message id;
+- every `failed` recipient has a non-empty reason, with no phone number in it, and no message id;
 - `pending` recipients only when the scenario allows them (a run that stopped early): their
   messages may then be in the queue already, sent before the crash window closed;
 - every drained body is JSON valid against `campaign_pipeline/schemas/payload.schema.json` and
@@ -37,6 +37,9 @@ from tests.test_payloads import payload_validator
 
 # What SQS accepts in a message body (W3C XML characters); anything else it rejects.
 SQS_BODY_CHARACTERS = re.compile("^[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*$")
+
+# An E.164 number as SQS might quote it in an error; masked, only its last two digits remain.
+UNMASKED_PHONE_NUMBER = re.compile(r"\+\d{7,}")
 
 
 @dataclass
@@ -204,6 +207,8 @@ def check_campaign_invariant(
                 problems.append(f"failed recipient {row.id} has no reason")
             else:
                 failure_reasons[row.id] = row.failure_reason
+            if UNMASKED_PHONE_NUMBER.search(row.failure_reason or ""):
+                problems.append(f"failed recipient {row.id}'s reason holds a phone number")
             if row.sqs_message_id is not None:
                 problems.append(f"failed recipient {row.id} has a message id")
         elif row.status == "ready_to_send":

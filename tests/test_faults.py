@@ -40,6 +40,7 @@ from campaign_pipeline.sensors import (
     resume_stalled_campaigns_sensor,
 )
 from tests.fault_proxy import (
+    INJECTED_REASON,
     Call,
     Fault,
     FaultProxy,
@@ -408,7 +409,7 @@ def expected_entry_failures(
                 break
             code, sender = result
             if (sender and code not in THROTTLING) or attempt == max_entry_retries + 1:
-                failed[id_] = f"SQS rejected the message ({code}): injected"
+                failed[id_] = f"SQS rejected the message ({code}): {INJECTED_REASON}"
                 break
     return failed
 
@@ -538,9 +539,9 @@ def test_random_mix_of_faults_loses_nothing_and_doubles_only_lost_replies(
     assert report.queued + report.failed == 303
     assert set(report.reasons) <= {
         "phone number must start with '+' (E.164)",
-        "SQS rejected the message (InvalidParameterValue): injected",
-        "SQS rejected the message (RequestThrottled): injected",
-        "SQS rejected the message (InternalError): injected",
+        f"SQS rejected the message (InvalidParameterValue): {INJECTED_REASON}",
+        f"SQS rejected the message (RequestThrottled): {INJECTED_REASON}",
+        f"SQS rejected the message (InternalError): {INJECTED_REASON}",
     }
     if fifo:
         assert duplicates(report) == 0

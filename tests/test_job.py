@@ -6,7 +6,6 @@ and message ids, partial failures, reruns and concurrent runs. Faults come from 
 """
 
 import json
-import multiprocessing
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -21,8 +20,8 @@ from campaign_pipeline.ops import CampaignConfig
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
 from campaign_pipeline.schema import campaign_audience
-from tests.conftest import REGION, drain
-from tests.fault_proxy import FaultProxy
+from tests.conftest import drain
+from tests.fault_proxy import INJECTED_REASON, FaultProxy
 from tests.test_payloads import payload_validator
 
 ORGANIZATION_ID = "123e4567-e89b-12d3-a456-426614174000"
@@ -262,7 +261,8 @@ def test_partial_batch_failure_marks_rejected_recipients_failed(
     rows = audience(postgres_store, campaign_id)
     assert {i for i, r in rows.items() if r.status == "failed"} == rejected
     assert all(
-        rows[i].failure_reason == "SQS rejected the message (InvalidMessageContents): injected"
+        rows[i].failure_reason
+        == f"SQS rejected the message (InvalidMessageContents): {INJECTED_REASON}"
         for i in rejected
     )
     stats = sent(result)
@@ -317,76 +317,6 @@ def test_rerun_after_sqs_outage_sends_only_the_rest(
     assert rerun.success
     assert sent(rerun).queued == 25
     assert_accounted_for(postgres_store, campaign_id, first + drain(sqs_client, queue.queue_url))
-
-
-def run_in_own_process(
-    database_url: str,
-    queue_url: str,
-    endpoint_url: str,
-    campaign_id: str,
-    outcomes: "multiprocessing.Queue[tuple]",
-) -> None:
-    """Run the job on the instance in $DAGSTER_HOME; report (success, queued, failure)."""
-    store = CampaignStore(database_url=database_url)
-    queue = SqsQueue(
-        queue_url=queue_url,
-        region_name=REGION,
-        endpoint_url=endpoint_url,
-        max_concurrent_batches=2,
-    )
-    try:
-        with dg.DagsterInstance.get() as instance:
-            result = run_job(store, queue, campaign_id, instance=instance)
-            outcomes.put(
-                (result.success, sent(result).queued)
-                if result.success
-                else (False, 0, failure_message(result))
-            )
-    finally:
-        store.engine.dispose()
-
-
-def test_two_runs_at_once_do_not_double_send(
-    moto_endpoint: str,
-    postgres_store: CampaignStore,
-    postgres_url: str,
-    make_queue: Callable[..., str],
-    sqs_client: object,
-    tmp_path: Path,
-) -> None:
-    """Two runs started together: one holds the campaign, nothing reaches a standard queue twice."""
-    campaign_id = add_campaign(postgres_store, recipients=60)
-    # One Dagster instance, as in a deployment (a claim takes over the lease of a run its instance
-    # does not know), and one process per run: two runs in threads of one process deadlock in
-    # Dagster's logging setup.
-    spawn = multiprocessing.get_context("spawn")
-    outcomes = spawn.Queue()
-    # 0.2 s per call makes the first run send for over a second, so the runs overlap.
-    with (
-        dg.instance_for_test(temp_dir=str(tmp_path)),
-        FaultProxy(moto_endpoint, delay_seconds=0.2) as slow,
-    ):
-        queue_url = make_queue(fifo=False)
-        processes = [
-            spawn.Process(
-                target=run_in_own_process,
-                args=(postgres_url, queue_url, slow.url, campaign_id, outcomes),
-            )
-            for _ in range(2)
-        ]
-        for process in processes:
-            process.start()
-        results = [outcomes.get(timeout=120) for _ in processes]
-        for process in processes:
-            process.join(timeout=30)
-    outcomes.close()
-    (winner,) = (r for r in results if r[0])
-    (loser,) = (r for r in results if not r[0])
-    assert winner[1] == 60
-    assert "is being processed by run" in loser[2]
-    received = drain(sqs_client, queue_url)
-    assert len(received) == 60
-    assert_accounted_for(postgres_store, campaign_id, received)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,8 @@ partial failures through the fault-injecting proxy.
 """
 
 import json
+import random
+import statistics
 from collections.abc import Callable
 
 import pytest
@@ -16,6 +18,7 @@ from campaign_pipeline.jobs import campaign_run_config, process_campaign_message
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import (
     BatchResult,
+    IncompleteAnswer,
     SqsQueue,
     backoff_seconds,
     is_retryable,
@@ -55,17 +58,101 @@ def batch_request(ids: list[str]) -> dict:
     }
 
 
-def test_retryable_failures_are_server_faults_and_throttling() -> None:
-    """Server faults and throttling codes are retried; other sender faults are not."""
+# SQS's throttling codes, written out here rather than read from the product: dropping one
+# there must fail this test.
+THROTTLING_CODES = (
+    "RequestThrottled",
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "TooManyRequestsException",
+    "KMS.ThrottlingException",
+)
+
+
+@pytest.mark.parametrize("code", THROTTLING_CODES)
+def test_throttling_is_retried_although_sqs_calls_it_a_sender_fault(code: str) -> None:
+    assert is_retryable({"SenderFault": True, "Code": code})
+
+
+def test_server_faults_are_retried_and_other_sender_faults_are_final() -> None:
     assert is_retryable({"SenderFault": False, "Code": "InternalError"})
-    assert is_retryable({"SenderFault": True, "Code": "RequestThrottled"})
-    assert not is_retryable({"SenderFault": True, "Code": "InvalidMessageContents"})
+    assert is_retryable({"SenderFault": False, "Code": "ServiceUnavailable"})
+    for code in ("InvalidMessageContents", "InvalidParameterValue", "AccessDenied"):
+        assert not is_retryable({"SenderFault": True, "Code": code})
 
 
-def test_backoff_is_capped_and_jittered() -> None:
-    """Backoff grows exponentially up to the cap and never exceeds it."""
-    assert all(0 <= backoff_seconds(attempt, 0.1, 2.0) <= 2.0 for attempt in range(20))
-    assert max(backoff_seconds(0, 0.1, 2.0) for _ in range(200)) <= 0.1
+@pytest.mark.parametrize("code", THROTTLING_CODES)
+def test_a_throttled_entry_is_sent_again_and_queued(code: str) -> None:
+    queue, stubber = stubbed_queue()
+    failed = {"Id": "a0", "SenderFault": True, "Code": code, "Message": "slow down"}
+    stubber.add_response(
+        "send_message_batch", {"Successful": [], "Failed": [failed]}, batch_request(["a0"])
+    )
+    stubber.add_response(
+        "send_message_batch",
+        {"Successful": [{"Id": "a0", "MessageId": "m0", "MD5OfMessageBody": "x"}], "Failed": []},
+        batch_request(["a0"]),
+    )
+    with stubber:
+        result = queue.send_batch(CAMPAIGN_ID, *messages(1))
+    stubber.assert_no_pending_responses()
+    assert accepted(result) == {"a0": "m0"} and not result.rejected
+
+
+def test_backoff_grows_exponentially_to_the_cap_with_full_jitter() -> None:
+    """Each attempt draws uniformly from [0, min(cap, base * 2**attempt)] (AWS's full jitter)."""
+    random.seed(7)
+    base, cap, draws = 0.1, 2.0, 4000
+    for attempt in range(8):
+        bound = min(cap, base * 2**attempt)
+        values = [backoff_seconds(attempt, base, cap) for _ in range(draws)]
+        assert all(0 <= value <= bound for value in values), attempt
+        # Uniform on [0, bound]: the extremes are reached, the mean is half the bound.
+        assert max(values) > 0.98 * bound, attempt
+        assert min(values) < 0.02 * bound, attempt
+        assert abs(statistics.fmean(values) - bound / 2) < 0.03 * bound, attempt
+        assert len(set(values)) > 0.99 * draws, attempt  # jittered, not a fixed delay
+
+
+def test_a_rejected_entrys_message_is_kept_with_phone_numbers_masked() -> None:
+    """SQS's message may quote the refused value; what reaches failure_reason is masked."""
+    queue, stubber = stubbed_queue()
+    failed = {
+        "Id": "a0",
+        "SenderFault": True,
+        "Code": "InvalidParameterValue",
+        "Message": "Value +14155550123 for parameter to is invalid",
+    }
+    stubber.add_response(
+        "send_message_batch", {"Successful": [], "Failed": [failed]}, batch_request(["a0"])
+    )
+    with stubber:
+        result = queue.send_batch(CAMPAIGN_ID, *messages(1))
+    assert result.rejected == [
+        ("a0", "InvalidParameterValue", "Value ***23 for parameter to is invalid")
+    ]
+
+
+def test_an_entry_sqs_leaves_out_of_its_answer_stays_pending_and_the_batch_says_so() -> None:
+    """A 200 naming an entry neither Successful nor Failed: it may be queued or not."""
+    queue, stubber = stubbed_queue()
+    stubber.add_response(
+        "send_message_batch",
+        {
+            "Successful": [{"Id": "a0", "MessageId": "m0", "MD5OfMessageBody": "x"}],
+            "Failed": [{"Id": "a2", "SenderFault": False, "Code": "InternalError"}],
+        },
+        batch_request(["a0", "a1", "a2"]),
+    )
+    with stubber:
+        result = queue.send_batch(CAMPAIGN_ID, *messages(3))
+    stubber.assert_no_pending_responses()  # nothing resent, not even the retryable a2
+    assert accepted(result) == {"a0": "m0"} and not result.rejected
+    assert isinstance(result.error, IncompleteAnswer)
+    assert str(result.error) == (
+        "SendMessageBatch answered for 2 of 3 entries; the other 1 stay pending"
+    )
 
 
 def test_phone_numbers_are_masked_in_error_text() -> None:

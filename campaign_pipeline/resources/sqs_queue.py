@@ -62,6 +62,10 @@ class BatchResult:
     error: Exception | None = None
 
 
+class IncompleteAnswer(Exception):
+    """SendMessageBatch answered 200 without naming some entries as Successful or Failed."""
+
+
 def is_retryable(failure: dict[str, Any]) -> bool:
     """Whether a `Failed` entry of SendMessageBatch is worth sending again."""
     return not failure.get("SenderFault", False) or failure.get("Code") in THROTTLING_CODES
@@ -305,6 +309,17 @@ class SqsQueue(dg.ConfigurableResource):
                     code = failure.get("Code", "Unknown")
                     message = mask_phone_numbers(failure.get("Message", ""))
                     result.rejected.append((failure["Id"], code, message))
+            named = {item["Id"] for item in response.get("Successful", [])} | {
+                failure["Id"] for failure in response.get("Failed", [])
+            }
+            if unanswered := sum(1 for entry in to_send if entry["Id"] not in named):
+                # SQS names every entry in Successful or Failed; one it left out may or may
+                # not be queued, so it stays pending (with the resends) and the run says why.
+                result.error = IncompleteAnswer(
+                    f"SendMessageBatch answered for {len(to_send) - unanswered} of "
+                    f"{len(to_send)} entries; the other {unanswered} stay pending"
+                )
+                return result
             if not retry:
                 break
             result.retried_entries += len(retry)
