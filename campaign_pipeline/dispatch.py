@@ -25,7 +25,7 @@ from campaign_pipeline.lifecycle import STOPPED_STATUSES
 from campaign_pipeline.pacing import Pacer
 from campaign_pipeline.payloads import CampaignMessage, build_payloads
 from campaign_pipeline.resources.campaign_store import CampaignStore, IdRange, Outcomes, WriteAck
-from campaign_pipeline.resources.sqs_queue import BatchResult, SqsQueue
+from campaign_pipeline.resources.sqs_queue import BatchResult, IncompleteAnswer, SqsQueue
 
 # How often a sending run reads its campaign's status: a pause stops it within about this
 # long plus the batches in flight.
@@ -356,9 +356,12 @@ def _queue_chunks(
         recorder.drain()
         stats.seconds = time.perf_counter() - started
         if error is not None:
-            raise SendInterrupted(
-                f"SQS failed past its retries: {type(error).__name__}: {error}", stats
-            ) from error
+            problem = (
+                f"SQS answered incompletely: {error}"
+                if isinstance(error, IncompleteAnswer)
+                else f"SQS failed past its retries: {type(error).__name__}: {error}"
+            )
+            raise SendInterrupted(problem, stats) from error
         if recorder.stop.reason is not None:
             break
         if not lease_held():

@@ -202,6 +202,8 @@ class FaultProxy:
         hold_seconds: How long a timeout fault holds the connection; longer than the client's
             read timeout.
         sqs_deduplication_ids: Deduplicate FIFO sends as SQS does (see the module docstring).
+        omit_entry: Leaves the entries whose Id it names out of a 200 answer, neither Successful
+            nor Failed (moto stored them): an answer SQS should never give.
     """
 
     def __init__(
@@ -215,6 +217,7 @@ class FaultProxy:
         hook: Hook | None = None,
         hold_seconds: float = 2.0,
         sqs_deduplication_ids: bool = True,
+        omit_entry: Callable[[str], bool] | None = None,
     ) -> None:
         self.upstream = urlsplit(upstream)
         self.entry_fault = entry_fault
@@ -224,6 +227,8 @@ class FaultProxy:
         self.hook = hook
         self.hold_seconds = hold_seconds
         self.sqs_deduplication_ids = sqs_deduplication_ids
+        self.omit_entry = omit_entry
+        self.omitted_entries = 0
         self.entry_attempts: Counter[str] = Counter()
         self.calls: Counter[str] = Counter()
         self.forwarded: Counter[str] = Counter()
@@ -469,6 +474,11 @@ class FaultProxy:
                             proxy._remember(body, reply)
                         reply["Successful"] = reply.get("Successful", []) + deduplicated
                         reply["Failed"] = reply.get("Failed", []) + failed
+                        if proxy.omit_entry:
+                            kept = [i for i in reply["Successful"] if not proxy.omit_entry(i["Id"])]
+                            with proxy._lock:
+                                proxy.omitted_entries += len(reply["Successful"]) - len(kept)
+                            reply["Successful"] = kept
                         response_body = json.dumps(reply).encode()
                 if proxy.hook:
                     proxy.hook(call, "forwarded")

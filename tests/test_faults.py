@@ -30,11 +30,13 @@ from typing import Any
 import dagster as dg
 import psycopg
 import pytest
+import sqlalchemy as sa
 
 from campaign_pipeline.dispatch import WRITES_IN_FLIGHT, SendStats, merge_stats
 from campaign_pipeline.jobs import campaign_run_config, campaign_tags, process_campaign_messages
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
+from campaign_pipeline.schema import campaign_audience
 from campaign_pipeline.sensors import (
     asset_generated_campaigns_sensor,
     resume_stalled_campaigns_sensor,
@@ -1126,3 +1128,39 @@ def test_sensor_ticks_during_a_run_request_nothing_for_its_campaign(
             "ticks during the run: " + ", ".join(f"{t} (no run requested)" for t in ticks),
         ],
     )
+
+
+def test_an_entry_left_out_of_sqs_answer_stays_pending_and_the_run_says_so(
+    postgres_store: CampaignStore,
+    moto_endpoint: str,
+    make_sqs_queue: Callable[..., SqsQueue],
+    sqs_client: Any,
+) -> None:
+    """A 200 that names an entry neither Successful nor Failed: it may be queued or not, so
+    it stays pending, the run fails in one line, and a rerun finishes the campaign once."""
+    seed = 31
+    campaign_id = add_campaign(postgres_store, 40, seed)
+    left_out = audience_id(seed, 7)
+    with FaultProxy(moto_endpoint, omit_entry=lambda id_: id_ == left_out) as proxy:
+        queue = make_sqs_queue(fifo=True, endpoint=proxy.url, max_concurrent_batches=1)
+        result = run_job(postgres_store, queue, campaign_id)
+        assert proxy.omitted_entries == 1
+        with postgres_store.engine.connect() as connection:
+            status = connection.execute(
+                sa.select(campaign_audience.c.status).where(campaign_audience.c.id == left_out)
+            ).scalar_one()
+        counts = postgres_store.count_recipients(campaign_id)
+        proxy.omit_entry = None
+        # Not drained in between: the resend meets the first message still in the queue.
+        rerun = run_job(postgres_store, queue, campaign_id)
+    assert not result.success
+    message = failure_message(result)
+    assert "SQS answered incompletely: SendMessageBatch answered for 9 of 10 entries; " in message
+    assert "the other 1 stay pending" in message
+    assert status == "pending"
+    assert counts["pending"] >= 1 and counts["failed"] == 0
+    assert rerun.success, failure_message(rerun)
+    report = check_campaign_invariant(
+        postgres_store, campaign_id, sqs_client, queue.queue_url, fifo=True
+    )
+    assert report.queued == 40 and duplicates(report) == 0
