@@ -169,8 +169,12 @@ def ensure_dagster_home(default: Path) -> Path:
     home = (Path(raw).expanduser() if raw else default).resolve()
     if not home.is_dir():
         home.mkdir(parents=True)
-        # An empty dagster.yaml means the defaults, without Dagster's notice that none exists.
-        (home / "dagster.yaml").write_text("# Dagster instance settings; empty: the defaults.\n")
+        # Dagster's defaults, without its notice that no dagster.yaml exists, and without its
+        # telemetry (and the banner announcing it) for an instance this command made.
+        (home / "dagster.yaml").write_text(
+            "# Dagster instance settings; Dagster's defaults but for telemetry.\n"
+            "telemetry:\n  enabled: false\n"
+        )
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 

@@ -123,10 +123,13 @@ def cmd_process(args: argparse.Namespace) -> int:
     counts = result.output_for_node("complete_campaign")
     stats = merge_stats(result.output_for_node("send_campaign_messages").values())
     stopped_by = f"; stopped: {stats.stopped}" if stats.stopped else ""
+    # What this run did, then the campaign's totals: a rerun of a finished campaign does
+    # nothing, which its line must not hide behind the campaign's numbers.
     out(
-        f"run {result.run_id} campaign {campaign_id}: {counts['ready_to_send']} queued, "
-        f"{counts['failed']} failed, {counts['pending']} pending in {stats.seconds:.2f} s "
-        f"({stats.messages_per_second:.1f} messages/s){stopped_by}"
+        f"run {result.run_id} campaign {campaign_id}: this run queued {stats.queued} and "
+        f"failed {stats.failed} in {stats.seconds:.2f} s ({stats.messages_per_second:.1f} "
+        f"messages/s); the campaign: {counts['ready_to_send']} queued, {counts['failed']} "
+        f"failed, {counts['pending']} pending{stopped_by}"
     )
     return 0
 
