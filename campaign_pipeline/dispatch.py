@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import polars as pl
+import sqlalchemy as sa
 
 from campaign_pipeline.batching import batch_slices
 from campaign_pipeline.lifecycle import STOPPED_STATUSES
@@ -26,6 +27,7 @@ from campaign_pipeline.pacing import Pacer
 from campaign_pipeline.payloads import CampaignMessage, build_payloads
 from campaign_pipeline.resources.campaign_store import CampaignStore, IdRange, Outcomes, WriteAck
 from campaign_pipeline.resources.sqs_queue import BatchResult, IncompleteAnswer, SqsQueue
+from campaign_pipeline.text import database_reason
 
 # How often a sending run reads its campaign's status: a pause stops it within about this
 # long plus the batches in flight.
@@ -196,7 +198,15 @@ class _Recorder:
         self.writer.shutdown(wait=True)
 
     def _settle(self) -> None:
-        ack = self.writes.popleft().result()
+        try:
+            ack = self.writes.popleft().result()
+        except sa.exc.SQLAlchemyError as error:
+            # The database went away: what SQS accepted since the last write is unrecorded,
+            # so it is sent again by the next run (a FIFO queue drops it as a duplicate).
+            raise SendInterrupted(
+                f"the campaign store failed to record outcomes: {database_reason(error)}",
+                self.stats,
+            ) from error
         self.lease_held = ack.lease_held and self.lease_held
 
     def _heed(self, write: Future[WriteAck]) -> None:

@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from campaign_pipeline.resources.campaign_store import (
+    ROWS_PER_STATEMENT,
     CampaignBusy,
     CampaignNotFound,
     CampaignNotProcessable,
@@ -138,6 +139,43 @@ def test_pending_recipients_stream_in_chunks_by_id(store: CampaignStore) -> None
     ids = [i for chunk in chunks for i in chunk["id"].to_list()]
     assert [chunk.height for chunk in chunks] == [10, 10, 5]
     assert ids == sorted(statuses(store, campaign_id))
+
+
+def test_one_write_of_more_outcomes_than_one_statement_takes_records_every_one(
+    store: CampaignStore,
+) -> None:
+    """Above ROWS_PER_STATEMENT the write is several statements in one transaction: each
+    recipient gets its own outcome, and the counts move by all of them."""
+    campaign_id = add_template_campaign(store)
+    total = 2 * ROWS_PER_STATEMENT + 7
+    add_recipients(store, campaign_id, total)
+    store.claim(campaign_id, "run-1", lease_seconds=60)
+    ids = sorted(statuses(store, campaign_id))
+    sent = {id_: f"m-{i}" for i, id_ in enumerate(ids) if i % 3}
+    failed = {id_: f"reason {i}" for i, id_ in enumerate(ids) if not i % 3}
+    ack = store.record_outcomes(campaign_id, "run-1", outcomes(sent=sent, failed=failed), 60)
+    assert ack.lease_held
+    with store.engine.connect() as connection:
+        rows = {
+            r.id: (r.status, r.sqs_message_id, r.failure_reason)
+            for r in connection.execute(
+                sa.select(campaign_audience).where(campaign_audience.c.campaign_id == campaign_id)
+            )
+        }
+    assert rows == {id_: ("ready_to_send", m, None) for id_, m in sent.items()} | {
+        id_: ("failed", None, reason) for id_, reason in failed.items()
+    }
+    assert store.count_recipients(campaign_id) == {
+        "pending": 0,
+        "ready_to_send": len(sent),
+        "failed": len(failed),
+    }
+    campaign = store.get_campaign(campaign_id)
+    assert (campaign["queued_count"], campaign["failed_count"], campaign["pending_count"]) == (
+        len(sent),
+        len(failed),
+        0,
+    )
 
 
 def test_outcomes_are_written_once_and_never_overwritten(store: CampaignStore) -> None:

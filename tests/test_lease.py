@@ -9,12 +9,15 @@ import time
 from collections.abc import Callable
 
 import pytest
+from sqlalchemy.engine import make_url
 
 from campaign_pipeline.dispatch import SendInterrupted, SendStats, queue_campaign_messages
 from campaign_pipeline.resources.campaign_store import CampaignBusy, CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
 from tests.conftest import drain
 from tests.fault_proxy import Call, FaultProxy
+from tests.invariant import check_campaign_invariant
+from tests.tcp_proxy import TcpProxy
 from tests.test_campaign_store import add_recipients, add_template_campaign
 
 LEASE_SECONDS = 1.5
@@ -129,3 +132,90 @@ def test_a_lease_taken_over_stops_the_send_at_the_next_renewal(
     queued = len(drain(sqs_client, queue.queue_url))
     assert 0 < queued < 200
     assert postgres_store.get_campaign(campaign_id)["lease_run_id"] == "thief-run"
+
+
+def test_an_outcome_write_that_finds_the_lease_taken_stops_the_send(
+    postgres_store: CampaignStore,
+    moto_endpoint: str,
+    make_sqs_queue: Callable[..., SqsQueue],
+    sqs_client: object,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A long lease, so the keeper never renews during the send: the outcome write, which
+    extends the lease only for its holder, is what reports the takeover."""
+    campaign_id = add_template_campaign(postgres_store)
+    add_recipients(postgres_store, campaign_id, 200)
+    renewals: list[object] = []
+    renew = CampaignStore.renew_lease
+    monkeypatch.setattr(
+        CampaignStore, "renew_lease", lambda self, *a: renewals.append(a) or renew(self, *a)
+    )
+    first_stored = threading.Event()
+
+    def hook(call: Call, stage: str) -> None:
+        if call.action == "SendMessageBatch" and stage == "forwarded":
+            first_stored.set()
+
+    def steal() -> None:
+        first_stored.wait(30)
+        postgres_store.claim(campaign_id, "thief-run", 60, take_over_from="first-run")
+
+    claim = postgres_store.claim(campaign_id, "first-run", 60)
+    with FaultProxy(moto_endpoint, delay_seconds=0.3, hook=hook) as slow:
+        queue = make_sqs_queue(fifo=False, endpoint=slow.url, max_concurrent_batches=1)
+        thief = threading.Thread(target=steal)
+        thief.start()
+        with pytest.raises(SendInterrupted, match="no longer holds campaign"):
+            queue_campaign_messages(
+                claim.message,
+                postgres_store,
+                queue,
+                "first-run",
+                recipients_per_chunk=10_000,
+                outcomes_per_write=10,
+                lease_seconds=60,
+            )
+        thief.join()
+    assert len(renewals) == 1  # on entry, before the takeover; the timer is 20 s away
+    queued = len(drain(sqs_client, queue.queue_url))
+    assert 0 < queued < 200
+    assert postgres_store.get_campaign(campaign_id)["lease_run_id"] == "thief-run"
+
+
+def test_a_real_database_outage_mid_send_stops_it_and_a_rerun_finishes_once(
+    postgres_url: str,
+    moto_endpoint: str,
+    make_sqs_queue: Callable[..., SqsQueue],
+    sqs_client: object,
+) -> None:
+    """PostgreSQL's connections cut (not a patched method) while batches are in flight."""
+    database = make_url(postgres_url)
+    with TcpProxy(database.host or "127.0.0.1", database.port or 5432) as link:
+        url = database.set(host="127.0.0.1", port=link.port).render_as_string(hide_password=False)
+        store = CampaignStore(database_url=url)
+        campaign_id = add_template_campaign(store)
+        add_recipients(store, campaign_id, 200)
+        cut = threading.Event()
+
+        def hook(call: Call, stage: str) -> None:
+            if call.action == "SendMessageBatch" and stage == "forwarded" and not cut.is_set():
+                cut.set()
+                link.cut()
+
+        with FaultProxy(moto_endpoint, delay_seconds=0.3, hook=hook) as slow:
+            queue = make_sqs_queue(fifo=True, endpoint=slow.url, max_concurrent_batches=1)
+            started = time.monotonic()
+            with pytest.raises(SendInterrupted, match="the campaign store failed to record"):
+                send(store, queue, campaign_id, "cut-off-run")
+            elapsed = time.monotonic() - started
+            assert link.refused > 0  # the renewals did try, and found no database
+            link.restore()
+            time.sleep(LEASE_SECONDS)  # the cut-off run's lease runs out
+            send(store, queue, campaign_id, "rerun")
+        # It stopped within two thirds of a lease of the cut, not after twenty slow batches.
+        assert elapsed < LEASE_SECONDS * 2 / 3 + 1.5
+        report = check_campaign_invariant(
+            store, campaign_id, sqs_client, queue.queue_url, fifo=True
+        )
+        assert report.queued == 200
+        store.engine.dispose()

@@ -280,6 +280,16 @@ def test_fifo_group_id_comes_from_sqs_message_group_id(
     assert {m["Attributes"]["MessageGroupId"] for m in received} == {"whatsapp-messages"}
 
 
+def test_the_resources_message_group_id_wins_over_sqs_message_group_id(
+    make_sqs_queue: Callable[..., SqsQueue], sqs_client: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SQS_MESSAGE_GROUP_ID", "from-the-environment")
+    queue = make_sqs_queue(fifo=True, message_group_id="from-the-resource")
+    queue.send_batch(CAMPAIGN_ID, *messages(2))
+    received = drain(sqs_client, queue.queue_url)
+    assert {m["Attributes"]["MessageGroupId"] for m in received} == {"from-the-resource"}
+
+
 def test_standard_queue_gets_plain_entries(
     make_sqs_queue: Callable[..., SqsQueue], sqs_client: object
 ) -> None:

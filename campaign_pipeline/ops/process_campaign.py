@@ -44,7 +44,7 @@ from campaign_pipeline.settings import (
     campaign_max_messages_per_second,
     campaign_max_rejected,
 )
-from campaign_pipeline.text import canonical_campaign_id
+from campaign_pipeline.text import canonical_campaign_id, database_reason
 
 # SQS's largest MaximumMessageSize.
 SQS_MAX_MESSAGE_BYTES = 1_048_576
@@ -495,7 +495,7 @@ def send_campaign_messages(
         _pause_for_terminated_run(context, campaign_store, campaign.id)
         raise
     except SendInterrupted as error:
-        campaign_store.release(campaign.id, context.run_id)
+        _release_if_reachable(context, campaign_store, campaign.id, campaign.lease_seconds)
         raise dg.Failure(
             description=f"{error}. Recipients without an outcome stay pending for a rerun.",
             metadata=_send_metadata(error.stats, sqs_queue.queue_url),
@@ -523,6 +523,19 @@ def send_campaign_messages(
         f"{stopped}"
     )
     return stats
+
+
+def _release_if_reachable(
+    context: dg.OpExecutionContext, store: CampaignStore, campaign_id: str, lease_seconds: float
+) -> None:
+    """Give up the lease; when the database is what stopped the send, it runs out instead."""
+    try:
+        store.release(campaign_id, context.run_id)
+    except sa.exc.SQLAlchemyError as error:
+        context.log.warning(
+            f"could not release campaign {campaign_id}'s lease ({database_reason(error)}); "
+            f"it runs out within {lease_seconds:.0f} s"
+        )
 
 
 def _top_codes(stats: SendStats) -> str:
