@@ -344,13 +344,8 @@ def test_any_recipients_through_the_job_keep_the_invariant(
 
     assert result.success, [e.message for e in result.get_step_failure_events()]
     report = check_campaign_invariant(store, campaign_id, sqs_client, queue.queue_url, fifo=False)
-    built = build_payloads(
-        campaign_message(campaign_id, columns),
-        recipients_frame([recipient_row(row) for row in rows]),
-        1024,
-    )
-    for row, payload, reason in zip(rows, built["payload"], built["failure_reason"], strict=True):
-        check_row(campaign_id, columns, row, payload, reason, 1024)
-        assert report.failure_reasons.get(row["id"]) == reason
-        assert report.bodies.get(row["id"]) == payload
+    for row in rows:
+        # What the run queued or why it failed the recipient, against the oracle directly.
+        body, reason = report.bodies.get(row["id"]), report.failure_reasons.get(row["id"])
+        check_row(campaign_id, columns, row, body, reason, 1024)
     assert report.queued + report.failed == len(rows)
