@@ -1,11 +1,13 @@
 """Run the fault scenarios and write `docs/reliability.md` from what they recorded.
 
-Each scenario of `tests/test_faults.py` appends one JSON line to $RELIABILITY_LOG once the
-campaign invariant has held (`tests/reliability_log.py`): what was injected, how often (the fault
-proxy's counters), what the runs did, and what was found in the queue and the tables. This script
-runs the tests with that variable set (and `tests/test_hostile_input.py`, whose corpus checks the
-same invariant on hostile recipients), then turns the lines into the report's table, so the report
-can be regenerated at any time:
+Each scenario of `tests/test_faults.py` (faults), `tests/test_stop.py` (pause, cancel and
+Terminate mid-send) and `tests/test_properties.py` (hypothesis's recipients through the job)
+appends one JSON line to $RELIABILITY_LOG once the campaign invariant has held
+(`tests/reliability_log.py`): what was injected, how often (the fault proxy's counters), what the
+runs did, and what was found in the queue and the tables. This script runs the tests with that
+variable set (and `tests/test_hostile_input.py`, whose corpus checks the same invariant on
+hostile recipients), then turns the lines into the report's table, so the report can be
+regenerated at any time:
 
     .venv/bin/python scripts/reliability_report.py                   # run the tests, write it
     .venv/bin/python scripts/reliability_report.py --from-log F.jsonl  # from an earlier log
@@ -34,7 +36,12 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "docs" / "reliability.md"
-TEST_FILES = ("tests/test_faults.py", "tests/test_hostile_input.py")
+TEST_FILES = (
+    "tests/test_faults.py",
+    "tests/test_hostile_input.py",
+    "tests/test_properties.py",
+    "tests/test_stop.py",
+)
 LOG_VARIABLE = "RELIABILITY_LOG"
 
 
@@ -266,9 +273,11 @@ def write_report(
     lines = [
         "# Reliability under injected faults",
         "",
-        "Each row is one scenario of `tests/test_faults.py`: faults injected while a campaign is "
-        "sent (SQS through a fault-injecting proxy in front of moto's server, PostgreSQL or "
-        "SQLite, Dagster runs in and out of process), then the campaign invariant checked "
+        "Each row is one scenario of `tests/test_faults.py` (faults injected while a campaign is "
+        "sent: SQS through a fault-injecting proxy in front of moto's server, PostgreSQL or "
+        "SQLite, Dagster runs in and out of process), `tests/test_stop.py` (pause, cancel and "
+        "Terminate mid-send) or `tests/test_properties.py` (hypothesis's recipients through "
+        "the job), then the campaign invariant checked "
         "(`tests/invariant.py`): every recipient is `ready_to_send` with an `sqs_message_id` "
         "that is in the queue, or `failed` with a specific reason, or `pending` and sent by the "
         "next run; no recipient twice on a FIFO queue; on a standard queue duplicates only from "

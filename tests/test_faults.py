@@ -51,8 +51,8 @@ from tests.fault_proxy import (
     random_entry_faults,
     random_faults,
 )
-from tests.invariant import InvariantReport, check_campaign_invariant, drain_queue
-from tests.reliability_log import record
+from tests.invariant import check_campaign_invariant, drain_queue
+from tests.reliability_log import duplicates, log_scenario
 
 ORGANIZATION_ID = "123e4567-e89b-12d3-a456-426614174000"
 AUDIENCE_NAMESPACE = uuid.UUID("6f1d8a52-3c1e-4d7a-9a51-0b8e2f4c7d10")
@@ -198,47 +198,6 @@ def outcome(result: dg.ExecuteInProcessResult | dict[str, Any]) -> str:
     if len(text) > 150:
         text = text[:150].rsplit(" ", 1)[0] + " …"
     return "failed: " + text
-
-
-def duplicates(report: InvariantReport) -> int:
-    return sum(report.duplicates.values())
-
-
-def log_scenario(
-    name: str,
-    *,
-    group: str,
-    fifo: bool,
-    store: CampaignStore,
-    injected: str,
-    proxy: FaultProxy | None,
-    report: InvariantReport,
-    runs: list[str],
-    duplicate_bound: int = 0,
-    also_injected: dict[str, int] | None = None,
-    **extra: Any,
-) -> None:
-    """One line of the reliability report: what was injected, how often, what was observed."""
-    summary = proxy.summary() if proxy else {}
-    record(
-        name,
-        group=group,
-        queue="FIFO" if fifo else "standard",
-        database="PostgreSQL" if store.engine.dialect.name == "postgresql" else "SQLite",
-        injected=injected,
-        injections=summary.get("injected", {}) | (also_injected or {}),
-        batch_calls=summary.get("calls", {}).get("SendMessageBatch", 0),
-        unanswered_entries=summary.get("unanswered_entries", 0),
-        deduplicated_entries=summary.get("deduplicated_entries", 0),
-        recipients=report.queued + report.failed + report.pending,
-        queued=report.queued,
-        failed=report.failed,
-        pending=report.pending,
-        duplicates=duplicates(report),
-        duplicate_bound=duplicate_bound,
-        runs=runs,
-        **extra,
-    )
 
 
 # The proxy itself: each fault reaches botocore as the error SQS would cause
@@ -1174,3 +1133,15 @@ def test_an_entry_left_out_of_sqs_answer_stays_pending_and_the_run_says_so(
         postgres_store, campaign_id, sqs_client, queue.queue_url, fifo=True
     )
     assert report.queued == 40 and duplicates(report) == 0
+    log_scenario(
+        "an entry left out of a 200 answer",
+        group="SQS entry faults",
+        fifo=True,
+        store=postgres_store,
+        injected="SendMessageBatch answers 200 naming one entry neither Successful nor Failed "
+        "(moto stored it), then a rerun without the fault, nothing drained in between",
+        proxy=proxy,
+        report=report,
+        runs=[outcome(result), outcome(rerun)],
+        also_injected={"entry left out of the answer": 1},
+    )

@@ -29,6 +29,7 @@ from campaign_pipeline.resources.sqs_queue import BatchResult, SqsQueue
 from tests.conftest import REGION
 from tests.fault_proxy import Call, FaultProxy
 from tests.invariant import InvariantReport, check_campaign_invariant, drain_queue
+from tests.reliability_log import log_scenario
 from tests.test_campaign_store import add_recipients, add_template_campaign
 
 ACTOR = "alice@ops-host (cli)"
@@ -159,6 +160,21 @@ def test_a_stop_while_sending_ends_the_send_soon_and_cleanly(
     )
     # Nothing but the caller releases the lease: complete_campaign does, after the send steps.
     assert campaign["lease_run_id"] == "run-1"
+    injected = {
+        "pause": "`pause` from another connection",
+        "cancel": "`cancel` from another connection",
+        "signal": "the stop signal (as Terminate sets it)",
+    }[how]
+    log_scenario(
+        f"{how} while sending",
+        group="operator stops",
+        fifo=True,
+        store=store,
+        injected=f"{injected} after {STOP_AFTER_BATCHES} of {RECIPIENTS // 10} batches",
+        proxy=None,
+        report=report,
+        runs=[f"stopped ({stats.stopped}) {returned_at - stopped_at:.1f} s after the command"],
+    )
 
 
 @pytest.mark.parametrize("command", ["pause", "cancel"])
@@ -219,6 +235,16 @@ def test_an_interrupt_of_the_send_op_lets_the_batches_in_flight_land(
     assert slow_queue.batches_sent < RECIPIENTS // 10
     report = assert_stopped_cleanly(store, campaign_id, sqs_client, slow_queue.queue_url)
     assert report.pending > 0
+    log_scenario(
+        "Terminate's SIGINT during the send op",
+        group="operator stops",
+        fifo=True,
+        store=store,
+        injected=f"SIGINT to the op's main thread after {STOP_AFTER_BATCHES} batches",
+        proxy=None,
+        report=report,
+        runs=["interrupted; the batches in flight recorded, then the interrupt raised"],
+    )
 
 
 # The job, on PostgreSQL
@@ -298,7 +324,17 @@ def test_a_run_paused_mid_send_succeeds_and_says_who_stopped_it(
         ACTOR,
         None,
     )
-    assert_stopped_cleanly(store, campaign_id, sqs_client, queue.queue_url)
+    report = assert_stopped_cleanly(store, campaign_id, sqs_client, queue.queue_url)
+    log_scenario(
+        "a run paused mid-send",
+        group="operator stops",
+        fifo=True,
+        store=store,
+        injected=f"`pause` while SendMessageBatch call {STOP_AFTER_BATCHES} is in flight",
+        proxy=proxy,
+        report=report,
+        runs=[f"succeeded: {stopped}"],
+    )
 
 
 def test_a_run_of_a_paused_campaign_succeeds_and_sends_nothing(
