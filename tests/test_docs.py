@@ -3,9 +3,10 @@
 Every `campaign-pipeline` command in a fenced block of README.md and docs/*.md is parsed by the
 real parser; every relative link and `#anchor` there must resolve; the README block marked
 `<!-- tested: newcomer -->` runs as written, as one bash script, against moto's server and a
-SQLite store in a temporary directory. The test stands in for two of its lines: activating
-`.venv` (it puts its own interpreter's directory first on PATH) and starting moto's server (it
-uses the session's, whose URL replaces the block's). Touches subprocesses, moto and SQLite.
+SQLite store in a temporary directory, and what its comments say a command prints is printed.
+The test stands in for two of its lines: activating `.venv` (it puts its own interpreter's
+directory first on PATH) and starting moto's server (it uses the session's, whose URL replaces
+the block's). Touches subprocesses, moto and SQLite.
 """
 
 import argparse
@@ -243,6 +244,8 @@ def test_the_readme_newcomer_path_runs_as_written(
     sent = {row["id"] for row in recipients if row["status"] == "ready_to_send"}
     assert sent and {row["status"] for row in recipients} == {"ready_to_send", "failed"}
     assert f"this run queued {len(sent)} and failed {campaign['failed_count']}" in result.stdout
+    printed = re.findall(rf"^{PROG} .*?  +# (.+)$", block, re.MULTILINE)
+    assert printed and all(text in result.stdout for text in printed), (printed, result.stdout)
     queue_url = sqs_client.get_queue_url(QueueName="whatsapp-messages.fifo")["QueueUrl"]
     bodies = [message["Body"] for message in drain(sqs_client, queue_url)]
     assert sorted(re.findall(r'"campaignAudienceId":"([^"]+)"', "".join(bodies))) == sorted(sent)
