@@ -1,4 +1,4 @@
-"""The code location loads, and its definitions are wired the way the README says."""
+"""The code location loads, and its definitions are wired the way docs/configuration.md says."""
 
 import os
 import subprocess

@@ -1,8 +1,9 @@
-"""The README's raw `launchRun` mutation, posted as documented, against the real processes.
+"""The documented raw `launchRun` mutation, posted as documented, against the real processes.
 
-Reads the JSON of the README's curl example, so the documentation is what is tested. Touches the
-real `dagster-webserver` and `dagster-daemon` on `deploy/dagster.yaml` (PostgreSQL, queued run
-coordinator with one run per campaign), a PostgreSQL campaign store and moto's SQS server.
+Reads the JSON of the curl example in `docs/operations.md`, so the documentation is what is
+tested. Touches the real `dagster-webserver` and `dagster-daemon` on `deploy/dagster.yaml`
+(PostgreSQL, queued run coordinator with one run per campaign), a PostgreSQL campaign store and
+moto's SQS server.
 """
 
 import json
@@ -33,9 +34,9 @@ README_CAMPAIGN_ID = "123e4567-e89b-12d3-a456-426614174001"
 
 
 def readme_launch_request() -> tuple[str, dict[str, Any]]:
-    """The URL and JSON body of the README's curl `launchRun` example."""
-    readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```bash\n(curl .*?)\n```", readme, re.DOTALL)
+    """The URL and JSON body of the curl `launchRun` example in docs/operations.md."""
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    blocks = re.findall(r"```bash\n(curl .*?)\n```", operations, re.DOTALL)
     (block,) = [block for block in blocks if "launchRun" in block]
     url = re.match(r"curl -sS (\S+)", block)
     body = re.search(r"<<'EOF'\n(.*)\nEOF", block, re.DOTALL)
@@ -65,7 +66,7 @@ def test_readme_launch_run_queues_runs_that_the_daemon_runs_one_at_a_time(
     campaign_store: CampaignStore,
     sqs_client: object,
 ) -> None:
-    """The README's mutation, posted twice for one campaign, queues two runs; the daemon runs
+    """The documented mutation, posted twice for one campaign, queues two runs; the daemon runs
     them one after the other (one run per campaign_id), and every message is sent once.
     """
     webserver = dagster_processes.webserver()

@@ -447,10 +447,19 @@ def test_a_server_without_tokens_refuses_to_start(api: ApiStack) -> None:
 
 
 def readme_curl_lines() -> list[str]:
-    """The `curl` lines of the README's HTTP API section."""
+    """The API's `curl` lines: the README's, then those of docs/operations.md's HTTP API section.
+
+    In that order, each once: both show process-messages, which a second time would be refused.
+    """
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("\n## The HTTP API\n", 1)[1].split("\n## ", 1)[0]
-    return [line for line in section.splitlines() if line.startswith("curl ")]
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    section = operations.split("\n## The HTTP API\n", 1)[1].split("\n## ", 1)[0]
+    lines = [
+        line
+        for line in readme.splitlines() + section.splitlines()
+        if line.startswith("curl ") and '"$API/' in line
+    ]
+    return list(dict.fromkeys(lines))
 
 
 def test_the_readme_curl_lines_work_as_shown(api: ApiStack) -> None:
