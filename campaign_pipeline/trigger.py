@@ -439,7 +439,7 @@ def trigger(
         return 1
     counts = store.count_recipients(campaign_id)
     out(
-        f"run {run_id} succeeded: campaign {campaign_id}: {counts['ready_to_send']} queued, "
+        f"run {run_id} succeeded; the campaign {campaign_id}: {counts['ready_to_send']} queued, "
         f"{counts['failed']} failed, {counts['pending']} pending"
     )
     return 0

@@ -95,6 +95,24 @@ def test_init_db_twice_creates_the_schema_and_keeps_its_data(
     store.engine.dispose()
 
 
+def test_init_db_in_a_new_dagster_home_makes_it_an_instance_with_telemetry_off(
+    queue_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The default store lives in $DAGSTER_HOME; a home init-db makes is a whole instance, so
+    the next `process` prints no notice about a missing dagster.yaml, nor a telemetry banner."""
+    home = tmp_path / "new_home"
+    env = queue_env | {"DAGSTER_HOME": str(home)}
+    assert run_cli("init-db", env=env, cwd=tmp_path).returncode == 0
+    assert "enabled: false" in (home / "dagster.yaml").read_text()
+    store = CampaignStore(database_url=f"sqlite:///{home / 'campaigns.db'}")
+    campaign_id = add_text_campaign(store, phones(2, 0))
+    store.engine.dispose()
+    result = run_cli("process", campaign_id, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    output = (result.stdout + result.stderr).lower()
+    assert "telemetry" not in output and "dagster.yaml" not in output, output
+
+
 def test_init_db_hides_the_database_password(
     cli_env: dict[str, str], postgres_url: str, tmp_path: Path
 ) -> None:

@@ -49,6 +49,11 @@ def cmd_init_db(args: argparse.Namespace) -> int:
     shown = display_database_url(url)
     database_file = sqlite_file(url)
     if database_file is not None:
+        home = os.environ.get("DAGSTER_HOME", "").strip()
+        if home and database_file.parent == Path(home) and not Path(home).is_dir():
+            # The default store lives in $DAGSTER_HOME: made here, it is made a whole instance
+            # (dagster.yaml, telemetry off), as `process` would make it.
+            ensure_dagster_home(Path(home))
         database_file.parent.mkdir(parents=True, exist_ok=True)
     store = CampaignStore(database_url=url)
     try:

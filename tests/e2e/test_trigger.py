@@ -95,7 +95,7 @@ def test_trigger_wait_runs_the_campaign_once_and_refuses_a_second_trigger(
     assert first.returncode == 0, output
     assert stdout.read_text().splitlines() == [
         f"launched run {run_id} to process campaign {campaign_id}: {webserver.url}/runs/{run_id}",
-        f"run {run_id} succeeded: campaign {campaign_id}: 50 queued, 2 failed, 0 pending",
+        f"run {run_id} succeeded; the campaign {campaign_id}: 50 queued, 2 failed, 0 pending",
     ]
     assert stderr.read_text() == ""
     runs = campaign_runs(webserver.url, campaign_id)
