@@ -230,6 +230,12 @@ def workers_of_steps(instance: dg.DagsterInstance, run_id: str) -> list[tuple[st
     return began
 
 
+def first_event_at(instance: dg.DagsterInstance, run_id: str, step: str, event_type: str) -> float:
+    """When the first `event_type` event of `step` was stored."""
+    entries = instance.all_logs(run_id, of_type=dg.DagsterEventType(event_type))
+    return min(entry.timestamp for entry in entries if entry.step_key == step)
+
+
 def step_pids(instance: dg.DagsterInstance, run_id: str) -> dict[str, set[int]]:
     """The pids of the processes that started each step (STEP_START events)."""
     pids: dict[str, set[int]] = {}
@@ -289,11 +295,12 @@ def test_worker_killed_mid_shard_loses_nothing_and_the_shard_is_finished_elsewhe
     """SIGKILL of a worker mid-shard: its task goes back to RabbitMQ, the other worker sends
     the shard's pending recipients; nobody is lost, and only the dead worker's unrecorded
     batches (at most one outcome write plus the batches in flight) are in the queue twice.
+    With CAMPAIGN_SEND_PROCESSES=1 the second shard is submitted only once the first is done.
     """
     client = sqs_client(fauxqs_endpoint)
     queue_url = client.create_queue(QueueName=f"celery-{uuid.uuid4().hex[:8]}")["QueueUrl"]
     outcomes_per_write, in_flight = 50, 2
-    # Paced, so a shard lasts seconds: 300 messages/s for the two send steps together.
+    # Paced, so a shard lasts seconds: 300 messages/s, one send step at a time.
     env = celery_env | {
         "AWS_ENDPOINT_URL_SQS": fauxqs_endpoint,
         "AWS_SQS_QUEUE_URL": queue_url,
@@ -306,7 +313,7 @@ def test_worker_killed_mid_shard_loses_nothing_and_the_shard_is_finished_elsewhe
     campaign_id = add_campaign(campaign_store, valid=total)
     run_config = campaign_run_config(
         campaign_id,
-        2,
+        1,
         executor="celery",
         recipients_per_shard=total // 2,
         outcomes_per_write=outcomes_per_write,
@@ -330,7 +337,7 @@ def test_worker_killed_mid_shard_loses_nothing_and_the_shard_is_finished_elsewhe
             assert time.monotonic() < deadline, "no shard got under way"
             runs = instance.get_runs(dg.RunsFilter(tags={"campaign_id": campaign_id}))
             queued = campaign_store.count_recipients(campaign_id)["ready_to_send"]
-            if runs and 100 <= queued < total // 2:
+            if runs and 150 <= queued < total // 2:
                 sends = [
                     (step, worker)
                     for step, worker in workers_of_steps(instance, runs[0].run_id)
@@ -350,11 +357,17 @@ def test_worker_killed_mid_shard_loses_nothing_and_the_shard_is_finished_elsewhe
     assert run.returncode == 0, output[-4000:]
     dagster_run = the_run(instance, campaign_id)
     assert dagster_run.status == dg.DagsterRunStatus.SUCCESS
-    ran_on = [worker for began, worker in workers_of_steps(instance, dagster_run.run_id)]
-    again = [w for s, w in workers_of_steps(instance, dagster_run.run_id) if s == step]
+    ran_on = workers_of_steps(instance, dagster_run.run_id)
+    again = [w for s, w in ran_on if s == step]
     # The killed worker began the step; the broker handed it to the survivor, which finished it.
     assert len(again) == 2, ran_on
     assert again[0] == worker_name and again[1] != worker_name
+    sends = sorted({s for s, _ in ran_on if s.startswith("send_campaign_messages")})
+    assert len(sends) == 2, ran_on
+    (other,) = set(sends) - {step}
+    assert first_event_at(instance, dagster_run.run_id, other, "STEP_START") > first_event_at(
+        instance, dagster_run.run_id, step, "STEP_SUCCESS"
+    )
     window = outcomes_per_write + in_flight * 10
     report = check_campaign_invariant(
         campaign_store, campaign_id, client, queue_url, fifo=False, max_duplicates=window
