@@ -6,7 +6,9 @@ machine, one fresh child process per measurement (so peak RSS and CPU are its ow
 every status before each one. Contenders:
 
 - `pipeline`: the real Dagster job (benchmarks/pipeline_runner.py) in one process, and, on one
-  campaign holding all N recipients in two shards, 1 process against 2;
+  campaign holding all N recipients in two shards, 1 process against 2 and against 1 and 2
+  Celery workers over RabbitMQ (`CAMPAIGN_EXECUTOR=celery`), with the time to the first
+  recorded message and the wall time each shard adds over `in_process`;
 - `seed_baseline`: the origin service's design (benchmarks/baselines.py);
 - `raw_ceiling`: boto3 alone with pre-built bodies, at its best thread count.
 
@@ -17,6 +19,7 @@ benchmarks/results/latest.json and a markdown report next to it.
 
     .venv/bin/python benchmarks/compare.py --recipients 100000 1000000 [--skip-baseline-above N]
     .venv/bin/python benchmarks/compare.py --quick     # CI smoke: 10k, no thread sweep or sensor
+    .venv/bin/python benchmarks/compare.py --recipients 100000 1000000 --scale-out-only
 """
 
 import argparse
@@ -86,6 +89,7 @@ class Options:
     sensor_campaigns: int
     quick: bool
     sensor_only: bool
+    scale_out_only: bool = False
 
     @property
     def slow_sink(self) -> str:
@@ -110,15 +114,15 @@ class Bench:
         return endpoint
 
 
-def _child_env() -> dict[str, str]:
-    env = os.environ | FAKE_CREDENTIALS | {"AWS_DEFAULT_REGION": REGION}
+def _child_env(**extra: str) -> dict[str, str]:
+    env = os.environ | FAKE_CREDENTIALS | {"AWS_DEFAULT_REGION": REGION} | extra
     # Nothing from a real AWS setup may leak into a measurement.
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS"):
         env.pop(name, None)
     return env
 
 
-def run_child(script: Path, *args: str) -> dict[str, Any]:
+def run_child(script: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run a measurement script in a fresh Python process; returns its last JSON line.
 
     Linux carries a process's peak RSS (`ru_maxrss`) over fork and exec, so a child started from
@@ -130,7 +134,7 @@ def run_child(script: Path, *args: str) -> dict[str, Any]:
     process = subprocess.Popen(
         argv,
         cwd=ROOT,
-        env=_child_env(),
+        env=env or _child_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -176,6 +180,7 @@ def record(
         "cpu_s": result["cpu_s"],
         "queued": result["queued"],
         "failed": result["failed"],
+        **({"first_message_s": result["first_message_s"]} if "first_message_s" in result else {}),
         **extra,
     }
     print(f"  {describe(run)}: {run['recipients_per_s']:,.0f} recipients/s", flush=True)
@@ -209,8 +214,13 @@ def measure_pipeline(
     processes: int = 1,
     shard: int | None = None,
     campaigns: int | None = None,
+    celery_workers: int = 0,
 ) -> dict[str, Any]:
-    """The real job over the first `campaigns` campaigns (default: all), one run each."""
+    """The real job over the first `campaigns` campaigns (default: all), one run each.
+
+    With `celery_workers`, under the Celery executor on that many workers (`processes` shards
+    at once).
+    """
     reset(bench.database_url, bench.seeded.campaign_ids)
     campaigns = campaigns or len(bench.seeded.campaign_ids)
     expected = sum(bench.seeded.sizes[:campaigns])
@@ -220,12 +230,17 @@ def measure_pipeline(
     if shard is not None:
         args += ["--recipients-per-shard", str(shard)]
     what = f"pipeline on {sink}, {processes} process(es)"
+    env = None
+    if celery_workers:
+        args += ["--celery-workers", str(celery_workers)]
+        what = f"pipeline on {sink}, {celery_workers} Celery worker(s)"
+        env = _child_env(CAMPAIGN_EXECUTOR="celery")
     with sink_queue(bench, sink) as (endpoint, queue_url):
         if endpoint is None:
             args += ["--sink", "null"]
         else:
             args += ["--sink", "sqs", "--endpoint", endpoint, "--queue-url", str(queue_url)]
-        result = run_child(PIPELINE_RUNNER, *args)
+        result = run_child(PIPELINE_RUNNER, *args, env=env)
         check_counts(what, result, expected)
         depth = check_queue(bench, what, queue_url, result["queued"])
     if result["failed"] != invalid:
@@ -233,6 +248,8 @@ def measure_pipeline(
     # This process plus its largest child (a step process, with 2 processes), as in the others.
     result["peak_rss_mb"] = result["peak_rss_sum_mb"]
     extra: dict[str, Any] = {"processes": processes}
+    if celery_workers:
+        extra = {"celery_workers": celery_workers}
     if shard is not None:
         extra["recipients_per_shard"] = shard
     if campaigns < len(bench.seeded.campaign_ids):
@@ -332,23 +349,31 @@ def measure_all(bench: Bench) -> list[dict[str, Any]]:
 
 
 def measure_scale_out(bench: Bench) -> list[dict[str, Any]]:
-    """One campaign of N recipients in two shards: 1 process against 2, per sink.
+    """One campaign of N recipients in two shards: 1 process, 2, 1 and 2 Celery workers.
 
-    Every step is a process of its own under the multiprocess executor, so the comparison is
-    made on one large campaign, where the shards are worth their start-up.
+    Every step is a process of its own under the multiprocess executor, and a task on a worker
+    under Celery, so the comparison is made on one large campaign, where the shards are worth
+    their start-up. A Celery run's `overhead_per_shard_s` is the wall time it took beyond the
+    `in_process` run's, over the shards.
     """
     shard = math.ceil(bench.seeded.recipients / 2)
+    shards = math.ceil(bench.seeded.recipients / shard)
     runs = []
     for sink in ("null", "fauxqs"):
         if sink not in bench.endpoints:
             continue
-        for processes in (1, 2):
+        for processes, workers in ((1, 0), (2, 0), (1, 1), (2, 2)):
+            how = f"{workers} Celery worker(s)" if workers else f"{processes} process(es)"
             print(
-                f"pipeline, {sink}, one campaign of {bench.seeded.recipients:,}, "
-                f"{processes} process(es), {shard:,} recipients per shard",
+                f"pipeline, {sink}, one campaign of {bench.seeded.recipients:,}, {how}, "
+                f"{shard:,} recipients per shard",
                 flush=True,
             )
-            runs.append(measure_pipeline(bench, sink, processes, shard))
+            run = measure_pipeline(bench, sink, processes, shard, celery_workers=workers)
+            if workers:
+                local = runs[-2] if workers == 1 else runs[-3]
+                run["overhead_per_shard_s"] = round((run["wall_s"] - local["wall_s"]) / shards, 2)
+            runs.append(run)
     return runs
 
 
@@ -413,6 +438,8 @@ def describe(run: dict[str, Any]) -> str:
     parts = [f"{run['name']} on {run['sink']}"]
     if "processes" in run:
         parts.append(f"{run['processes']} process" + ("es" if run["processes"] > 1 else ""))
+    if "celery_workers" in run:
+        parts.append(f"{run['celery_workers']} Celery worker" + "s" * (run["celery_workers"] > 1))
     if "recipients_per_shard" in run:
         parts.append(f"{run['recipients_per_shard']:,} per shard")
     if "campaigns" in run:
@@ -427,15 +454,19 @@ def describe(run: dict[str, Any]) -> str:
 def runs_table(runs: Sequence[dict[str, Any]]) -> str:
     """The runs as a markdown table (readable in a terminal too)."""
     lines = [
-        "| name | sink | detail | recipients | recipients/s | wall s | peak RSS MB | CPU s |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| name | sink | detail | recipients | recipients/s | wall s | peak RSS MB | CPU s "
+        "| first message s | overhead/shard s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for run in runs:
         detail = describe(run).split(", ", 1)[1] if ", " in describe(run) else ""
+        first = run.get("first_message_s")
+        overhead = run.get("overhead_per_shard_s")
         lines.append(
             f"| {run['name']} | {run['sink']} | {detail} | {run['recipients']:,} "
             f"| {run['recipients_per_s']:,.0f} | {run['wall_s']:,.1f} | {run['peak_rss_mb']:,} "
-            f"| {run['cpu_s']:,.1f} |"
+            f"| {run['cpu_s']:,.1f} | {'' if first is None else f'{first:.2f}'} "
+            f"| {'' if overhead is None else f'{overhead:.2f}'} |"
         )
     return "\n".join(lines)
 
@@ -504,13 +535,14 @@ def benchmark(options: Options) -> dict[str, Any]:
             sinks = endpoints if recipients <= options.all_sinks_up_to else {"null": None}
             with temporary_database() as database_url:
                 postgres = server_version(database_url)
-                started = time.perf_counter()
-                seeded = seed(database_url, recipients)
-                elapsed = time.perf_counter() - started
-                print(f"seeded {recipients:,} recipients in 6 campaigns in {elapsed:.1f} s")
-                runs += measure_all(Bench(database_url, seeded, sinks, options))
-                if recipients == options.recipients[-1] and not options.quick:
-                    sensor_ms = measure_sensor(database_url, options.sensor_campaigns)
+                if not options.scale_out_only:
+                    started = time.perf_counter()
+                    seeded = seed(database_url, recipients)
+                    elapsed = time.perf_counter() - started
+                    print(f"seeded {recipients:,} recipients in 6 campaigns in {elapsed:.1f} s")
+                    runs += measure_all(Bench(database_url, seeded, sinks, options))
+                    if recipients == options.recipients[-1] and not options.quick:
+                        sensor_ms = measure_sensor(database_url, options.sensor_campaigns)
             with temporary_database() as database_url:
                 seeded = seed(database_url, recipients, campaigns=1)
                 print(f"seeded {recipients:,} recipients in one campaign")
@@ -541,9 +573,10 @@ def sensor_only(options: Options) -> None:
 def write_results(document: dict[str, Any], options: Options) -> Path:
     """results/latest.json and the dated markdown report; returns the report's path."""
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(document, indent=2) + "\n")
+    if not options.scale_out_only:
+        (RESULTS / "latest.json").write_text(json.dumps(document, indent=2) + "\n")
     date = document["date"][:10]
-    suffix = "-quick" if options.quick else ""
+    suffix = "-quick" if options.quick else "-scale-out" if options.scale_out_only else ""
     report = RESULTS / f"{date}-{'-'.join(map(str, options.recipients))}{suffix}.md"
     machine = document["machine"]
     sensor = document["sensor_eval_ms"]
@@ -592,6 +625,12 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--sensor-campaigns", type=int, default=100_000)
     parser.add_argument("--quick", action="store_true", help="CI smoke: 10k, 8 threads, no sensor")
     parser.add_argument("--sensor-only", action="store_true", help="only time the sensor")
+    parser.add_argument(
+        "--scale-out-only",
+        action="store_true",
+        help="only the one-campaign runs (processes and Celery workers); writes a report "
+        "beside latest.json, not latest.json itself",
+    )
     args = parser.parse_args(argv)
     recipients = (10_000,) if args.quick else tuple(sorted(set(args.recipients)))
     if min(recipients) < 6:
@@ -606,6 +645,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         sensor_campaigns=args.sensor_campaigns,
         quick=args.quick,
         sensor_only=args.sensor_only,
+        scale_out_only=args.scale_out_only,
     )
 
 
@@ -631,7 +671,8 @@ def main() -> None:
     if document["sensor_eval_ms"] is not None:
         print(f"\nsensor_eval_ms: {document['sensor_eval_ms']}")
     report = write_results(document, options)
-    print(f"\nwrote {RESULTS / 'latest.json'} and {report}")
+    latest = "" if options.scale_out_only else f" and {RESULTS / 'latest.json'}"
+    print(f"\nwrote {report}{latest}")
 
 
 if __name__ == "__main__":

@@ -95,3 +95,31 @@ def campaign_max_invalid_fraction() -> float:
 def campaign_max_rejected() -> int:
     """CAMPAIGN_MAX_REJECTED: entries SQS may refuse for good in one send step (default 100)."""
     return positive_int("CAMPAIGN_MAX_REJECTED", 100)
+
+
+# Where a run's steps execute. Kubernetes (dagster-k8s's k8s_job_executor) is the next one;
+# the README's Scale out says how it would be configured.
+EXECUTORS = ("in_process", "multiprocess", "celery")
+DEFAULT_CELERY_BROKER = "pyamqp://guest@127.0.0.1:5672//"
+DEFAULT_CELERY_BACKEND = "rpc://"
+
+
+def campaign_executor() -> str | None:
+    """CAMPAIGN_EXECUTOR: where a run's steps execute (unset: by CAMPAIGN_SEND_PROCESSES)."""
+    raw = os.environ.get("CAMPAIGN_EXECUTOR", "").strip()
+    if raw == "k8s":
+        raise SettingsError(
+            "CAMPAIGN_EXECUTOR=k8s is not built in yet (see the README's Scale out); "
+            f"use one of {', '.join(EXECUTORS)}"
+        )
+    return one_of("CAMPAIGN_EXECUTOR", EXECUTORS)
+
+
+def celery_broker_url() -> str:
+    """CAMPAIGN_CELERY_BROKER: the Celery broker's URL (default RabbitMQ on this machine)."""
+    return os.environ.get("CAMPAIGN_CELERY_BROKER", "").strip() or DEFAULT_CELERY_BROKER
+
+
+def celery_backend_url() -> str:
+    """CAMPAIGN_CELERY_BACKEND: Celery's result backend (default `rpc://`, over the broker)."""
+    return os.environ.get("CAMPAIGN_CELERY_BACKEND", "").strip() or DEFAULT_CELERY_BACKEND

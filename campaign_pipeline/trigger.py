@@ -400,7 +400,7 @@ def trigger_campaign(
             f"campaign {campaign_id} already has a run in progress: {run_id} ({status}), "
             f"{webserver.run_url(run_id)}"
         )
-    config_fields = {"send_now": True} if send_now else {}
+    config_fields: dict[str, Any] = {"send_now": True} if send_now else {}
     # Dagster's GraphQL adds partitions only for assets; the run's claim files the run under
     # the campaign's partition instead.
     run_id = webserver.launch(

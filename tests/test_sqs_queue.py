@@ -9,9 +9,12 @@ import json
 import random
 import statistics
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from botocore.exceptions import ProfileNotFound
 from botocore.stub import Stubber
+from dagster_aws.utils import ResourceWithBoto3Configuration
 
 from campaign_pipeline.dispatch import queue_campaign_messages
 from campaign_pipeline.jobs import campaign_run_config, process_campaign_messages
@@ -250,6 +253,43 @@ def test_client_uses_standard_retries_and_timeouts() -> None:
     config = queue.client.meta.config
     assert config.retries == {"mode": "standard", "total_max_attempts": 7}
     assert config.connect_timeout == queue.connect_timeout_seconds
+
+
+def test_resource_is_dagster_aws_boto3_configuration() -> None:
+    """SqsQueue takes dagster-aws's session fields: use_ssl=False makes the endpoint http."""
+    queue = SqsQueue(queue_url="https://x/q", region_name=REGION, use_ssl=False)
+    assert isinstance(queue, ResourceWithBoto3Configuration)
+    assert queue.client.meta.endpoint_url == f"http://sqs.{REGION}.amazonaws.com"
+
+
+def test_credential_fields_sign_the_requests(
+    make_sqs_queue: Callable[..., SqsQueue], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Credentials given as fields sign each call in place of boto3's default chain."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-the-environment")
+    queue = make_sqs_queue(
+        fifo=False, aws_access_key_id="AKIAFIELDKEY", aws_secret_access_key="field-secret"
+    )
+    signed: list[str] = []
+    queue.client.meta.events.register(
+        "before-send.sqs", lambda request, **_: signed.append(request.headers["Authorization"])
+    )
+    assert len(queue.send_batch(CAMPAIGN_ID, *messages(2)).accepted_ids) == 2
+    assert signed
+    assert all(b"Credential=AKIAFIELDKEY/" in header for header in signed)
+
+
+def test_unknown_profile_is_refused_by_name(tmp_path: Path) -> None:
+    """profile_name picks a profile of the AWS config files; an unknown one is named."""
+    config = tmp_path / "config"
+    config.write_text("[profile campaigns]\nregion = eu-west-1\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AWS_CONFIG_FILE", str(config))
+        known = SqsQueue(queue_url="https://x/q", region_name=REGION, profile_name="campaigns")
+        assert known.client.meta.region_name == REGION
+        unknown = SqsQueue(queue_url="https://x/q", region_name=REGION, profile_name="nope")
+        with pytest.raises(ProfileNotFound, match="nope"):
+            _ = unknown.client
 
 
 def test_fifo_entries_carry_campaign_group_and_deduplication_ids(

@@ -202,7 +202,7 @@ def log_level(args: argparse.Namespace) -> str:
     return "INFO" if args.verbose else "CRITICAL"
 
 
-def failure_description(result: dg.ExecuteInProcessResult) -> str:
+def failure_description(result: dg.ExecuteInProcessResult | dg.JobExecutionResult) -> str:
     """One line on why a run failed: its failed step's description or error."""
     for event in result.get_step_failure_events():
         data = event.step_failure_data
@@ -213,7 +213,12 @@ def failure_description(result: dg.ExecuteInProcessResult) -> str:
         return f"step {event.step_key}: {one_line(text or 'no description')}"
     for event in result.all_events:
         if event.event_type == dg.DagsterEventType.RUN_FAILURE:
-            return one_line(event.message or "the run failed")
+            # An executor's own error (a Celery broker that does not answer, say) says why.
+            error = getattr(event.event_specific_data, "error", None)
+            if error is None:
+                return one_line(event.message or "the run failed")
+            reason = error.message.split(": ", 1)[-1] if error.cls_name else error.message
+            return f"the executor: {one_line(reason)}"
     return "the run failed; see it in the Dagster UI"
 
 

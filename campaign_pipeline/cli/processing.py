@@ -3,6 +3,7 @@
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
@@ -91,14 +92,22 @@ def cmd_process(args: argparse.Namespace) -> int:
     ensure_dagster_home(Path(".dagster"))
 
     from campaign_pipeline.definitions import defs  # importing it reads the settings
-    from campaign_pipeline.jobs import campaign_partitions, campaign_run_config, campaign_tags
+    from campaign_pipeline.jobs import (
+        CAMPAIGN_EXECUTOR,
+        campaign_partitions,
+        campaign_run_config,
+        campaign_tags,
+    )
+    from campaign_pipeline.settings import campaign_send_processes
 
     job = defs.get_job_def(JOB_NAME)
     with dg.DagsterInstance.get() as instance:
         instance.add_dynamic_partitions(str(campaign_partitions.name), [campaign_id])
-        config_fields = {"send_now": True} if args.now else {}
+        config_fields: dict[str, Any] = {"send_now": True} if args.now else {}
+        # Under Celery the steps run on the workers, as many at once as the sensor's runs take.
+        processes = campaign_send_processes() if CAMPAIGN_EXECUTOR == "celery" else 1
         run_config = with_console_log_level(
-            campaign_run_config(campaign_id, **config_fields), log_level(args)
+            campaign_run_config(campaign_id, processes, **config_fields), log_level(args)
         )
         if args.max_concurrent_batches:
             # Configuring a resource at launch takes all its required fields, as variable names.
@@ -108,15 +117,35 @@ def cmd_process(args: argparse.Namespace) -> int:
                 "max_concurrent_batches": args.max_concurrent_batches,
             }
             run_config["resources"] = {"sqs_queue": {"config": sqs_config}}
-        result = job.execute_in_process(
-            run_config=run_config,
-            tags=campaign_tags(campaign_id, campaign["organization_id"], campaign["name"]),
+        tags = campaign_tags(campaign_id, campaign["organization_id"], campaign["name"])
+        if CAMPAIGN_EXECUTOR != "celery":
+            result = job.execute_in_process(
+                run_config=run_config,
+                tags=tags,
+                instance=instance,
+                partition_key=campaign_id,
+                raise_on_error=False,
+            )
+            return _report_run(instance, result, campaign_id)
+        # The workers load the job from the code location, as the run here does.
+        with dg.execute_job(
+            dg.build_reconstructable_job("campaign_pipeline.definitions", "campaign_job"),
             instance=instance,
-            partition_key=campaign_id,
+            run_config=run_config,
+            tags={**tags, "dagster/partition": campaign_id},
             raise_on_error=False,
-        )
-        run = instance.get_run_by_id(result.run_id)
-        stopped = dict(run.tags) if run else {}
+        ) as job_result:
+            return _report_run(instance, job_result, campaign_id)
+
+
+def _report_run(
+    instance: dg.DagsterInstance,
+    result: dg.ExecuteInProcessResult | dg.JobExecutionResult,
+    campaign_id: str,
+) -> int:
+    """Print the run's summary (or why it failed, in one line); the exit status."""
+    run = instance.get_run_by_id(result.run_id)
+    stopped = dict(run.tags) if run else {}
     if not result.success:
         err(f"{PROG}: run {result.run_id} failed in {failure_description(result)}")
         return 1

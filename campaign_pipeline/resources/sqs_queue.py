@@ -13,6 +13,7 @@ from typing import Any
 import boto3
 import dagster as dg
 from botocore.config import Config as BotocoreConfig
+from dagster_aws.utils import ResourceWithBoto3Configuration
 from pydantic import Field, PrivateAttr
 
 from campaign_pipeline.settings import SettingsError, one_of, positive_int
@@ -76,15 +77,21 @@ def backoff_seconds(attempt: int, base: float, cap: float) -> float:
     return random.uniform(0, min(cap, base * 2**attempt))
 
 
-class SqsQueue(dg.ConfigurableResource):
-    """An SQS queue (standard or FIFO) that campaign messages are queued on."""
+class SqsQueue(ResourceWithBoto3Configuration):
+    """An SQS queue (standard or FIFO) that campaign messages are queued on.
+
+    The session fields are dagster-aws's (`region_name`, `profile_name`, `endpoint_url`,
+    `use_ssl`, `verify`, `max_attempts` and the `aws_*` credentials), as on its S3 and ECS
+    resources. Left unset, the credentials come from boto3's default chain; set them only
+    through `dg.EnvVar`, which keeps them out of the UI and the run config.
+    """
 
     queue_url: str = Field(description="URL of the queue (AWS_SQS_QUEUE_URL).")
     region_name: str = Field(description="AWS region of the queue (AWS_REGION).")
     endpoint_url: str | None = Field(
         default=None,
         description="Endpoint override for a local SQS server; boto3's AWS_ENDPOINT_URL_SQS "
-        "works too. Credentials always come from boto3's default chain.",
+        "works too.",
     )
     message_group_id: str | None = Field(
         default=None,
@@ -134,10 +141,18 @@ class SqsQueue(dg.ConfigurableResource):
         read_timeout_seconds: float | None = None,
     ) -> Any:
         attempts = max_attempts or self.max_attempts
-        return boto3.session.Session().client(
+        session = boto3.session.Session(
+            profile_name=self.profile_name or None,
+            aws_access_key_id=self.aws_access_key_id or None,
+            aws_secret_access_key=self.aws_secret_access_key or None,
+            aws_session_token=self.aws_session_token or None,
+        )
+        return session.client(
             "sqs",
             region_name=self.region_name,
             endpoint_url=self.endpoint_url or None,
+            use_ssl=self.use_ssl,
+            verify=self.verify,
             config=BotocoreConfig(
                 retries={"mode": "standard", "total_max_attempts": attempts},
                 connect_timeout=connect_timeout_seconds or self.connect_timeout_seconds,
