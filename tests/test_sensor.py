@@ -222,3 +222,24 @@ def test_recovery_interval_comes_from_background_job_interval() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     ).stdout
     assert output.strip() == "15"
+
+
+@pytest.mark.parametrize(("processes", "execution"), [("1", "in_process"), ("3", "multiprocess")])
+def test_both_sensors_give_their_runs_campaign_send_processes(
+    store: CampaignStore,
+    instance: dg.DagsterInstance,
+    monkeypatch: pytest.MonkeyPatch,
+    processes: str,
+    execution: str,
+) -> None:
+    """Read at every tick: the runs they request carry that many send steps at once."""
+    monkeypatch.setenv("CAMPAIGN_SEND_PROCESSES", processes)
+    add_campaign(store)
+    stall(store)
+    requests = [*evaluate(store).run_requests, *evaluate_recovery(store, instance).run_requests]
+    assert len(requests) == 2
+    for request in requests:
+        config = request.run_config["execution"]["config"]
+        assert list(config) == [execution]
+        if execution == "multiprocess":
+            assert config["multiprocess"]["max_concurrent"] == 3
