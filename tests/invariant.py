@@ -156,7 +156,7 @@ def check_campaign_invariant(
     max_duplicates: int = 0,
     ignore_other_campaigns: bool = False,
     messages: Sequence[dict[str, Any]] | None = None,
-    drain_timeout_seconds: float = 60.0,
+    drain_timeout_seconds: float = 180.0,
 ) -> InvariantReport:
     """Assert the invariant for `campaign_id` (see the module docstring) and report.
 

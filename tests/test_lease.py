@@ -4,6 +4,7 @@ Against PostgreSQL and moto's server behind a slow proxy, with leases of a secon
 send outlives several of them.
 """
 
+import gc
 import threading
 import time
 from collections.abc import Callable
@@ -182,6 +183,10 @@ def test_an_outcome_write_that_finds_the_lease_taken_stops_the_send(
     assert postgres_store.get_campaign(campaign_id)["lease_run_id"] == "thief-run"
 
 
+# Connections the cut broke mid-handshake can be left to the garbage collector, whose psycopg
+# ResourceWarning would otherwise land in whichever later test collects them.
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_real_database_outage_mid_send_stops_it_and_a_rerun_finishes_once(
     postgres_url: str,
     moto_endpoint: str,
@@ -189,12 +194,13 @@ def test_a_real_database_outage_mid_send_stops_it_and_a_rerun_finishes_once(
     sqs_client: object,
 ) -> None:
     """PostgreSQL's connections cut (not a patched method) while batches are in flight."""
+    recipients = 400
     database = make_url(postgres_url)
     with TcpProxy(database.host or "127.0.0.1", database.port or 5432) as link:
         url = database.set(host="127.0.0.1", port=link.port).render_as_string(hide_password=False)
         store = CampaignStore(database_url=url)
         campaign_id = add_template_campaign(store)
-        add_recipients(store, campaign_id, 200)
+        add_recipients(store, campaign_id, recipients)
         cut = threading.Event()
 
         def hook(call: Call, stage: str) -> None:
@@ -204,18 +210,19 @@ def test_a_real_database_outage_mid_send_stops_it_and_a_rerun_finishes_once(
 
         with FaultProxy(moto_endpoint, delay_seconds=0.3, hook=hook) as slow:
             queue = make_sqs_queue(fifo=True, endpoint=slow.url, max_concurrent_batches=1)
-            started = time.monotonic()
             with pytest.raises(SendInterrupted, match="the campaign store failed to record"):
                 send(store, queue, campaign_id, "cut-off-run")
-            elapsed = time.monotonic() - started
+            batches_before_the_stop = slow.calls["SendMessageBatch"]
             assert link.refused > 0  # the renewals did try, and found no database
             link.restore()
             time.sleep(LEASE_SECONDS)  # the cut-off run's lease runs out
             send(store, queue, campaign_id, "rerun")
-        # It stopped within two thirds of a lease of the cut, not after twenty slow batches.
-        assert elapsed < LEASE_SECONDS * 2 / 3 + 1.5
+        # It stopped soon after the cut (within a lease's two thirds, plus a loaded machine's
+        # slack), not after the forty batches at 0.3 s each.
+        assert batches_before_the_stop < recipients // 10 // 2
         report = check_campaign_invariant(
             store, campaign_id, sqs_client, queue.queue_url, fifo=True
         )
-        assert report.queued == 200
+        assert report.queued == recipients
         store.engine.dispose()
+    gc.collect()
