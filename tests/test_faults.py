@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -334,6 +335,52 @@ def test_call_faults_are_retried_and_every_recipient_lands(
         report=report,
         runs=[outcome(result)],
         duplicate_bound=proxy.unanswered_entries,
+    )
+
+
+def test_lost_replies_on_fifo_are_dropped_by_the_endpoint_itself(
+    moto_endpoint: str,
+    postgres_store: CampaignStore,
+    make_sqs_queue: Callable[..., SqsQueue],
+    sqs_client: Any,
+) -> None:
+    """The proxy's own deduplication off and nothing drained until the end: the resends of
+    lost replies meet their first messages still queued, and moto itself drops them.
+
+    moto answers such a resend with a new message id where SQS answers with the first one's,
+    so only the recipients whose reply was lost may have an id the queue does not hold.
+    """
+    seed = 11
+    campaign_id = add_campaign(postgres_store, 100, seed)
+    pattern = random_faults(
+        seed, {Fault.RESET_AFTER_FORWARD: CALL_FAULT_RATE}, attempts=CALL_FAULT_ATTEMPTS
+    )
+    with FaultProxy(
+        moto_endpoint, fault=pattern, hold_seconds=HOLD, sqs_deduplication_ids=False
+    ) as proxy:
+        queue = make_sqs_queue(fifo=True, endpoint=proxy.url, max_concurrent_batches=4)
+        result = run_job(postgres_store, queue, campaign_id)
+        proxy.wait_idle()
+    assert result.success, failure_message(result)
+    assert proxy.unanswered_entries >= BATCH and proxy.deduplicated_entries == 0
+    messages = drain_queue(sqs_client, queue.queue_url)
+    copies = Counter(json.loads(m["Body"])["campaignAudienceId"] for m in messages)
+    assert len(copies) == 100 and set(copies.values()) == {1}  # nothing twice
+    assert postgres_store.count_recipients(campaign_id) == {
+        "pending": 0,
+        "ready_to_send": 100,
+        "failed": 0,
+    }
+    with postgres_store.engine.connect() as connection:
+        recorded = connection.execute(
+            sa.select(campaign_audience.c.id, campaign_audience.c.sqs_message_id).where(
+                campaign_audience.c.campaign_id == campaign_id
+            )
+        ).all()
+    queued_ids = {m["MessageId"] for m in messages}
+    assert {row.id for row in recorded} == set(copies)
+    assert sum(row.sqs_message_id not in queued_ids for row in recorded) <= (
+        proxy.unanswered_entries
     )
 
 
