@@ -42,3 +42,21 @@ def test_queue_settings_come_from_the_environment_not_the_definitions() -> None:
     assert isinstance(sqs_queue.region_name, dg.EnvVar)
     assert sqs_queue.queue_url.env_var_name == "AWS_SQS_QUEUE_URL"
     assert sqs_queue.region_name.env_var_name == "AWS_REGION"
+
+
+def test_dagsters_family_is_installed_at_one_release() -> None:
+    """dagster 1.13.N goes with the libraries 0.29.N: unpinned, pip mixes releases (it once
+    picked a 2021 dagster-aws). The webserver, the PostgreSQL storage of deploy/dagster.yaml,
+    the GraphQL client, dagster-aws and dagster-celery are each imported and checked."""
+    import dagster_aws
+    import dagster_celery
+    import dagster_graphql
+    import dagster_postgres
+    import dagster_webserver
+
+    release = dg.__version__.split(".")[2]
+    assert dg.__version__.startswith("1.13.")
+    for library in (dagster_webserver, dagster_graphql):
+        assert library.__version__ == dg.__version__, library.__name__
+    for library in (dagster_aws, dagster_postgres, dagster_celery):
+        assert library.__version__ == f"0.29.{release}", library.__name__
