@@ -426,8 +426,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     @app.get(
         "/api/campaigns/sqs-status",
-        response_model=models.SqsStatus,
-        responses={**_errors(401), 503: {"model": models.SqsStatus}},
+        response_model=SqsStatus,
+        responses={**_errors(401), 503: {"model": SqsStatus}},
         tags=["sqs"],
     )
     def sqs_status(_token: Reader, response: Response) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """The HTTP API's request and response bodies, which its OpenAPI document describes.
 
-The response models mirror the CLI's `--json` documents (`status`, `preview`, `sqs-status`) field
-for field: the application checks every answer against them, so the document cannot drift from
-what is sent.
+The response models mirror the CLI's `--json` documents (`status`, `preview`) field for field;
+`sqs-status` answers with `campaign_pipeline.sqs_status.SqsStatus` itself. The application checks
+every answer against them, so the document cannot drift from what is sent.
 """
 
 from typing import Any
@@ -121,27 +121,6 @@ class Preview(BaseModel):
     max_message_bytes: int
     max_message_bytes_source: str
     sample: list[dict[str, Any]]
-
-
-class SqsStatus(BaseModel):
-    """The `sqs-status --json` document: configuration (never credentials), reachability, depth."""
-
-    configured: bool
-    reachable: bool
-    queue_url: str | None
-    region: str | None
-    endpoint_url: str | None
-    fifo: bool
-    message_group_id: str | None
-    visible_messages: int | None
-    in_flight_messages: int | None
-    delayed_messages: int | None
-    maximum_message_size_bytes: int | None
-    message_retention_seconds: int | None
-    visibility_timeout_seconds: int | None
-    dead_letter_target_arn: str | None
-    max_receive_count: int | None
-    error: str | None
 
 
 class Health(BaseModel):
