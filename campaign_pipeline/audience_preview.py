@@ -21,12 +21,8 @@ from typing import TYPE_CHECKING, Any
 import botocore.exceptions
 import polars as pl
 
-from campaign_pipeline.payloads import (
-    CampaignDefinitionError,
-    CampaignMessage,
-    build_payloads,
-    check_campaign_message,
-)
+from campaign_pipeline.errors import CampaignDefinitionError
+from campaign_pipeline.payloads import CampaignMessage, build_payloads, check_campaign_message
 from campaign_pipeline.resources.campaign_store import CampaignStore, campaign_message
 from campaign_pipeline.resources.sqs_queue import SqsQueue, mask_phone_numbers
 from campaign_pipeline.sqs_status import (

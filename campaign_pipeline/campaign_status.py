@@ -11,7 +11,8 @@ from typing import Any
 
 import dagster as dg
 
-from campaign_pipeline.resources.campaign_store import CampaignStore, as_utc
+from campaign_pipeline.clock import as_utc
+from campaign_pipeline.resources.campaign_store import CampaignStore
 
 # Runs of a campaign listed, newest first.
 RUNS_SHOWN = 10

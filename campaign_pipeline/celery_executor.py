@@ -24,6 +24,7 @@ from dagster_celery.make_app import make_app
 from dagster_celery.tasks import create_task
 from kombu.exceptions import OperationalError
 
+from campaign_pipeline.errors import BrokerUnreachable
 from campaign_pipeline.settings import celery_backend_url, celery_broker_url
 
 # Settings of the app on both sides (Celery's lowercase names).
@@ -40,10 +41,6 @@ CELERY_SETTINGS: dict[str, Any] = {
 }
 # Connection attempts before a run gives up on the broker (Celery's own default is 100).
 BROKER_CONNECT_ATTEMPTS = 3
-
-
-class BrokerUnreachable(Exception):
-    """The Celery broker does not answer; no step was submitted."""
 
 
 def app_args(broker: str | None = None, backend: str | None = None) -> dict[str, Any]:

@@ -22,11 +22,12 @@ import polars as pl
 import sqlalchemy as sa
 
 from campaign_pipeline.batching import batch_slices
+from campaign_pipeline.errors import IncompleteAnswer, SendInterrupted
 from campaign_pipeline.lifecycle import STOPPED_STATUSES
 from campaign_pipeline.pacing import Pacer
 from campaign_pipeline.payloads import CampaignMessage, build_payloads
 from campaign_pipeline.resources.campaign_store import CampaignStore, IdRange, Outcomes, WriteAck
-from campaign_pipeline.resources.sqs_queue import BatchResult, IncompleteAnswer, SqsQueue
+from campaign_pipeline.resources.sqs_queue import BatchResult, SqsQueue
 from campaign_pipeline.text import database_reason
 
 # How often a sending run reads its campaign's status: a pause stops it within about this
@@ -100,14 +101,6 @@ class StopSignal:
     def reason(self) -> str | None:
         """The reason given, or None while sending may go on."""
         return self._reason
-
-
-class SendInterrupted(Exception):
-    """Sending stopped before every pending recipient had an outcome; the rest stay pending."""
-
-    def __init__(self, message: str, stats: SendStats) -> None:
-        super().__init__(message)
-        self.stats = stats
 
 
 T = TypeVar("T")

@@ -4,6 +4,7 @@ from typing import Any
 
 import dagster as dg
 
+from campaign_pipeline.errors import SettingsError
 from campaign_pipeline.ops import (
     CampaignConfig,
     claim_campaign,
@@ -18,7 +19,7 @@ from campaign_pipeline.ops.process_campaign import (
     campaign_name_tag,
 )
 from campaign_pipeline.ops.sqs_status import record_sqs_status
-from campaign_pipeline.settings import SettingsError, campaign_executor, campaign_send_processes
+from campaign_pipeline.settings import campaign_executor, campaign_send_processes
 
 # Imported once by the multiprocess executor's fork server, so a step process starts warm.
 FORKSERVER_PRELOAD = "campaign_pipeline.definitions"

@@ -14,6 +14,8 @@ from typing import Any
 
 import polars as pl
 
+from campaign_pipeline.errors import CampaignDefinitionError
+
 MEDIA_TYPES = ("image", "video", "document", "audio")
 MESSAGE_TYPES = ("template", "text", *MEDIA_TYPES)
 TEMPLATE_PARAMETER_TYPES = ("header", "body", "button")
@@ -44,10 +46,6 @@ RECIPIENT_SCHEMA: dict[str, Any] = {
     "attributes": pl.String,
 }
 """Columns of a recipient chunk; `attributes` is the JSON object as text."""
-
-
-class CampaignDefinitionError(ValueError):
-    """The campaign itself cannot be turned into messages (no recipient could ever be sent)."""
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,14 @@ from typing import Any
 
 import dagster as dg
 
+from campaign_pipeline.clock import as_utc
 from campaign_pipeline.jobs import (
     campaign_partitions,
     campaign_run_config,
     campaign_tags,
     process_campaign_messages,
 )
-from campaign_pipeline.resources.campaign_store import CampaignStore, as_utc
+from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import mask_phone_numbers
 from campaign_pipeline.settings import (
     background_job_interval_seconds,

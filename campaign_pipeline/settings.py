@@ -3,9 +3,7 @@
 import math
 import os
 
-
-class SettingsError(ValueError):
-    """An environment variable holds a value the pipeline cannot use."""
+from campaign_pipeline.errors import SettingsError
 
 
 def positive_int(variable: str, default: int) -> int:

@@ -24,8 +24,9 @@ from gql.transport.exceptions import (
 from gql.transport.requests import RequestsHTTPTransport
 
 from campaign_pipeline.campaign_status import RUNS_SHOWN, RunSummary, utc_from_timestamp
+from campaign_pipeline.clock import as_utc
 from campaign_pipeline.jobs import campaign_run_config, campaign_tags
-from campaign_pipeline.resources.campaign_store import CampaignStore, as_utc
+from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.settings import campaign_send_processes
 from campaign_pipeline.text import canonical_campaign_id, one_line
 

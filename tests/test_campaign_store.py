@@ -7,11 +7,9 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
+from campaign_pipeline.errors import CampaignBusy, CampaignNotFound, CampaignNotProcessable
 from campaign_pipeline.resources.campaign_store import (
     ROWS_PER_STATEMENT,
-    CampaignBusy,
-    CampaignNotFound,
-    CampaignNotProcessable,
     CampaignStore,
     Outcomes,
     StalledCampaign,

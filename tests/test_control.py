@@ -21,20 +21,16 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from campaign_pipeline.resources.campaign_control import (
+from campaign_pipeline.clock import as_utc
+from campaign_pipeline.errors import (
     CampaignControlError,
     CampaignControlRefused,
-    UnknownCampaign,
-)
-from campaign_pipeline.resources.campaign_store import (
+    CampaignNotFound,
     CampaignNotProcessable,
     CampaignScheduled,
     CampaignStopped,
-    CampaignStore,
-    CampaignStoreError,
-    Outcomes,
-    as_utc,
 )
+from campaign_pipeline.resources.campaign_store import CampaignStore, Outcomes
 from campaign_pipeline.schema import CAMPAIGN_STATUSES
 from campaign_pipeline.sensors import asset_generated_campaigns_sensor
 from tests.conftest import POSTGRES_ADMIN_URL
@@ -296,8 +292,8 @@ def test_refused_commands_raise_one_line_naming_campaign_and_status(
 
 @pytest.mark.parametrize("command", ["pause", "resume", "cancel", "schedule"])
 def test_unknown_campaign_is_reported(store: CampaignStore, command: str) -> None:
-    """A command for an id no campaign has raises UnknownCampaign naming the id."""
-    with pytest.raises(UnknownCampaign, match=UNKNOWN_ID):
+    """A command for an id no campaign has raises CampaignNotFound naming the id."""
+    with pytest.raises(CampaignNotFound, match=UNKNOWN_ID):
         if command == "schedule":
             store.schedule(UNKNOWN_ID, datetime.now(UTC), ACTOR)
         else:
@@ -689,7 +685,7 @@ RACE_THREADS = 12
 RACE_STEPS = 3
 RACE_ROUNDS = 6
 # Each command and each claim either succeeds or raises one of these.
-DOCUMENTED = (CampaignControlError, CampaignStoreError)
+DOCUMENTED = (CampaignControlError, CampaignNotFound, CampaignNotProcessable)
 
 
 def race_round(

@@ -14,9 +14,10 @@ from pathlib import Path
 import boto3
 import pytest
 
+from campaign_pipeline.errors import SettingsError
 from campaign_pipeline.jobs import campaign_run_config
 from campaign_pipeline.ops.process_campaign import send_steps_at_once
-from campaign_pipeline.settings import SettingsError, campaign_executor
+from campaign_pipeline.settings import campaign_executor
 from tests.conftest import REGION, assert_one_line_error
 
 CAMPAIGN_ID = "123e4567-e89b-12d3-a456-426614174001"

@@ -12,8 +12,9 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy.engine import make_url
 
-from campaign_pipeline.dispatch import SendInterrupted, SendStats, queue_campaign_messages
-from campaign_pipeline.resources.campaign_store import CampaignBusy, CampaignStore
+from campaign_pipeline.dispatch import SendStats, queue_campaign_messages
+from campaign_pipeline.errors import CampaignBusy, SendInterrupted
+from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
 from tests.conftest import drain
 from tests.fault_proxy import Call, FaultProxy

@@ -21,12 +21,13 @@ import pytest
 from pydantic import PrivateAttr
 
 from campaign_pipeline.dispatch import queue_campaign_messages
+from campaign_pipeline.errors import SettingsError
 from campaign_pipeline.jobs import campaign_run_config, process_campaign_messages
 from campaign_pipeline.ops.process_campaign import send_steps_at_once
 from campaign_pipeline.pacing import WAKE_SECONDS, Pacer, check_rate, rate_per_step
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import BatchResult, SqsQueue
-from campaign_pipeline.settings import SettingsError, campaign_max_messages_per_second
+from campaign_pipeline.settings import campaign_max_messages_per_second
 from tests.conftest import REGION, drain
 from tests.test_campaign_store import add_recipients, add_template_campaign
 from tests.test_job import definitions_job, failure_message

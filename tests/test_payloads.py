@@ -14,8 +14,8 @@ import polars as pl
 import pytest
 from jsonschema import Draft202012Validator
 
+from campaign_pipeline.errors import CampaignDefinitionError
 from campaign_pipeline.payloads import (
-    CampaignDefinitionError,
     CampaignMessage,
     build_payloads,
     check_campaign_message,

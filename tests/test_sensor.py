@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import dagster as dg
 import pytest
 
+from campaign_pipeline.errors import SettingsError
 from campaign_pipeline.jobs import process_campaign_messages
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.sensors import (
@@ -20,7 +21,6 @@ from campaign_pipeline.sensors import (
     record_campaign_run_failure,
     resume_stalled_campaigns_sensor,
 )
-from campaign_pipeline.settings import SettingsError
 
 ORGANIZATION_ID = "123e4567-e89b-12d3-a456-426614174000"
 

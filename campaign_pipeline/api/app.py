@@ -40,12 +40,8 @@ from campaign_pipeline.audience_preview import (
     queue_limit_from_environment,
 )
 from campaign_pipeline.campaign_status import RunSummary, campaign_report
+from campaign_pipeline.errors import CampaignControlError, CampaignControlRefused
 from campaign_pipeline.lifecycle import Command
-from campaign_pipeline.resources.campaign_control import (
-    CampaignControlError,
-    CampaignControlRefused,
-    UnknownCampaign,
-)
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.sqs_status import SqsStatus, sqs_status_from_environment
 from campaign_pipeline.text import database_reason, display_database_url, one_line
@@ -261,7 +257,6 @@ def _install_error_handlers(app: FastAPI, settings: ApiSettings) -> None:
     shown_database = display_database_url(settings.database_url)
     statuses: list[tuple[type[Exception], int]] = [
         (CampaignNotFound, 404),
-        (UnknownCampaign, 404),
         (CampaignNotProcessable, 409),
         (CampaignControlRefused, 409),
         (CampaignControlError, 409),

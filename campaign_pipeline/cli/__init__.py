@@ -16,7 +16,7 @@ import dagster as dg
 from campaign_pipeline.cli import api, control, demo, inspection, processing
 from campaign_pipeline.cli.common import PROG, CliError, ParentParsers, err
 from campaign_pipeline.demo import DemoError
-from campaign_pipeline.settings import SettingsError
+from campaign_pipeline.errors import SettingsError
 from campaign_pipeline.text import one_line
 
 

@@ -23,8 +23,9 @@ from campaign_pipeline.cli.common import (
     out,
     parse_campaign_id,
 )
+from campaign_pipeline.errors import CampaignControlError
 from campaign_pipeline.lifecycle import Command
-from campaign_pipeline.resources.campaign_control import CampaignControlError, ControlResult
+from campaign_pipeline.resources.campaign_control import ControlResult
 from campaign_pipeline.resources.campaign_store import CampaignStore, default_database_url
 from campaign_pipeline.settings import campaign_processing_interval_seconds
 

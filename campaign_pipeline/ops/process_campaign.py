@@ -10,36 +10,26 @@ import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field
 
-from campaign_pipeline.dispatch import (
+from campaign_pipeline.clock import as_utc
+from campaign_pipeline.dispatch import SendStats, StopSignal, merge_stats, queue_campaign_messages
+from campaign_pipeline.errors import (
+    CampaignBusy,
+    CampaignDefinitionError,
+    CampaignPipelineError,
+    CampaignScheduled,
+    CampaignStopped,
     SendInterrupted,
-    SendStats,
-    StopSignal,
-    merge_stats,
-    queue_campaign_messages,
+    SettingsError,
 )
 from campaign_pipeline.lifecycle import STOPPED_STATUSES
 from campaign_pipeline.pacing import check_rate, rate_per_step
-from campaign_pipeline.payloads import (
-    CampaignDefinitionError,
-    CampaignMessage,
-    check_campaign_message,
-)
+from campaign_pipeline.payloads import CampaignMessage, check_campaign_message
 from campaign_pipeline.preflight import EXACT_UP_TO as PREFLIGHT_EXACT_UP_TO
 from campaign_pipeline.preflight import SAMPLE_SLICES as PREFLIGHT_SAMPLE_SLICES
 from campaign_pipeline.preflight import count_invalid
-from campaign_pipeline.resources.campaign_store import (
-    CampaignBusy,
-    CampaignScheduled,
-    CampaignStopped,
-    CampaignStore,
-    CampaignStoreError,
-    Claim,
-    IdRange,
-    as_utc,
-)
+from campaign_pipeline.resources.campaign_store import CampaignStore, Claim, IdRange
 from campaign_pipeline.resources.sqs_queue import SqsQueue
 from campaign_pipeline.settings import (
-    SettingsError,
     campaign_max_invalid_fraction,
     campaign_max_messages_per_second,
     campaign_max_rejected,
@@ -192,7 +182,7 @@ def _claim_for_reexecution(
         return
     try:
         _claim_or_take_over(context, campaign_store, campaign.id, campaign.lease_seconds)
-    except CampaignStoreError as error:
+    except CampaignPipelineError as error:
         raise dg.Failure(description=str(error), allow_retries=False) from None
     except TRANSIENT_DATABASE_ERRORS as error:
         raise dg.RetryRequested(max_retries=3, seconds_to_wait=2) from error
@@ -339,7 +329,7 @@ def claim_campaign(
         raise dg.Failure(
             description=f"campaign {campaign_id} cannot be sent: {error}", allow_retries=False
         ) from None
-    except CampaignStoreError as error:
+    except CampaignPipelineError as error:
         raise dg.Failure(description=str(error), allow_retries=False) from None
     except TRANSIENT_DATABASE_ERRORS as error:
         raise dg.RetryRequested(max_retries=3, seconds_to_wait=2) from error

@@ -11,24 +11,17 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from campaign_pipeline.errors import (
+    CampaignControlError,
+    CampaignControlRefused,
+    CampaignNotFound,
+)
 from campaign_pipeline.lifecycle import Command, decide
 from campaign_pipeline.schema import campaign_audience, campaigns
 
 # Compare-and-set attempts before giving up on a campaign that keeps changing under us.
 MAX_ATTEMPTS = 20
 SCHEDULABLE_STATUSES = frozenset({"draft", "asset_generated", "paused"})
-
-
-class CampaignControlError(Exception):
-    """A command cannot be applied to the campaign; one line for a person."""
-
-
-class CampaignControlRefused(CampaignControlError):
-    """The command does not apply to the campaign's status."""
-
-
-class UnknownCampaign(CampaignControlError):
-    """No campaign has that id."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +47,7 @@ def _read(connection: sa.Connection, campaign_id: str) -> Any:
         ).where(campaigns.c.id == campaign_id)
     ).first()
     if row is None:
-        raise UnknownCampaign(f"campaign {campaign_id} does not exist")
+        raise CampaignNotFound(f"campaign {campaign_id} does not exist")
     return row
 
 
@@ -115,7 +108,7 @@ def apply_command(
     A resume with `accept_invalid` lifts the preflight guard: its valid recipients are sent
     however many others are invalid.
 
-    Raises `UnknownCampaign`, `CampaignControlRefused`, or `CampaignControlError` when the
+    Raises `CampaignNotFound`, `CampaignControlRefused`, or `CampaignControlError` when the
     campaign changed `MAX_ATTEMPTS` times while this was deciding.
     """
     for _ in range(MAX_ATTEMPTS):
@@ -149,7 +142,7 @@ def schedule(
 ) -> ControlResult:
     """Set (or, with None, clear) the campaign's `send_at`, while it has not started.
 
-    Raises `UnknownCampaign` or `CampaignControlRefused` (a campaign already started,
+    Raises `CampaignNotFound` or `CampaignControlRefused` (a campaign already started,
     cancelled or failed).
     """
     if send_at is not None:

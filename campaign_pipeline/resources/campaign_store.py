@@ -16,7 +16,9 @@ import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
 from sqlalchemy.dialects import postgresql
 
-from campaign_pipeline.lifecycle import Command
+from campaign_pipeline.clock import as_utc
+from campaign_pipeline.errors import CampaignBusy, CampaignNotFound
+from campaign_pipeline.lifecycle import Command, refusal
 from campaign_pipeline.payloads import (
     RECIPIENT_SCHEMA,
     CampaignMessage,
@@ -59,34 +61,6 @@ _UPDATE_FROM_ARRAYS = sa.text(
     ),
     sa.bindparam("now", type_=sa.DateTime(timezone=True)),
 )
-
-
-class CampaignStoreError(Exception):
-    """A campaign cannot be processed for a reason a person can act on."""
-
-
-class CampaignNotFound(CampaignStoreError):
-    """No campaign has that id."""
-
-
-class CampaignNotProcessable(CampaignStoreError):
-    """The campaign's status does not allow processing."""
-
-
-class CampaignStopped(CampaignNotProcessable):
-    """An operator paused or cancelled the campaign: runs leave it alone, and that is no failure."""
-
-
-class CampaignScheduled(CampaignNotProcessable):
-    """The campaign's `send_at` is still in the future."""
-
-
-class CampaignBusy(CampaignStoreError):
-    """Another run holds the campaign's lease."""
-
-    def __init__(self, message: str, lease_run_id: str) -> None:
-        super().__init__(message)
-        self.lease_run_id = lease_run_id
 
 
 @dataclass(frozen=True)
@@ -312,13 +286,6 @@ def campaign_message(row: Mapping[Any, Any]) -> CampaignMessage:
     return _message(row)
 
 
-def as_utc(moment: datetime | None) -> datetime | None:
-    """A stored time as an aware UTC datetime (SQLite hands back naive UTC)."""
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def _count_recipients(connection: sa.Connection, campaign_id: str) -> dict[str, int]:
     query = (
         sa.select(campaign_audience.c.status, sa.func.count())
@@ -335,42 +302,6 @@ def _count_columns(counts: Mapping[str, int]) -> dict[str, int]:
         "failed_count": counts["failed"],
         "pending_count": counts["pending"],
     }
-
-
-def _by(actor: str | None, moment: datetime | None) -> str:
-    when = f" at {as_utc(moment):%Y-%m-%d %H:%M:%S} UTC" if moment else ""
-    return f" (by {actor}{when})" if actor else when
-
-
-def _not_claimable(row: Mapping[Any, Any]) -> CampaignStoreError:
-    """Why `claim` could not take the campaign in `row`."""
-    campaign_id, status = row["id"], row["status"]
-    if status == "paused":
-        return CampaignStopped(
-            f"campaign {campaign_id} is paused{_by(row['paused_by'], row['paused_at'])}; "
-            f"`campaign-pipeline resume {campaign_id}` continues it"
-        )
-    if status == "cancelled":
-        return CampaignStopped(
-            f"campaign {campaign_id} is cancelled"
-            f"{_by(row['cancelled_by'], row['cancelled_at'])}; it is never processed again"
-        )
-    if status == "asset_generated":
-        return CampaignScheduled(
-            f"campaign {campaign_id} is scheduled for "
-            f"{as_utc(row['send_at']):%Y-%m-%d %H:%M:%S} UTC; "
-            "it starts then (or now, with --now)"
-        )
-    if status == "ready_to_launch":
-        return CampaignBusy(
-            f"campaign {campaign_id} is being processed by run {row['lease_run_id']} "
-            f"(its lease runs until {row['lease_expires_at']:%Y-%m-%d %H:%M:%S} UTC)",
-            lease_run_id=row["lease_run_id"],
-        )
-    return CampaignNotProcessable(
-        f"campaign {campaign_id} is {status!r}; only 'asset_generated' "
-        "campaigns (or 'ready_to_launch' ones being resumed) can be processed"
-    )
 
 
 class CampaignStore(dg.ConfigurableResource):
@@ -578,7 +509,10 @@ class CampaignStore(dg.ConfigurableResource):
         if row is None:
             raise CampaignNotFound(f"campaign {campaign_id} does not exist")
         if not (claimed or resumed):
-            raise _not_claimable(row)
+            raise refusal(dict(row), now=now, send_now=send_now, run_id=run_id) or CampaignBusy(
+                f"campaign {campaign_id} is being processed by run {row['lease_run_id']}",
+                lease_run_id=row["lease_run_id"],
+            )
         return Claim(
             message=_message(row),
             name=row["name"],

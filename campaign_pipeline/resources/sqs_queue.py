@@ -16,7 +16,8 @@ from botocore.config import Config as BotocoreConfig
 from dagster_aws.utils import ResourceWithBoto3Configuration
 from pydantic import Field, PrivateAttr
 
-from campaign_pipeline.settings import SettingsError, one_of, positive_int
+from campaign_pipeline.errors import IncompleteAnswer, SettingsError
+from campaign_pipeline.settings import one_of, positive_int
 
 # Per-entry failures SQS reports as sender faults although a later attempt can succeed.
 THROTTLING_CODES = frozenset(
@@ -61,10 +62,6 @@ class BatchResult:
     rejected: list[tuple[str, str, str]] = field(default_factory=list)
     retried_entries: int = 0
     error: Exception | None = None
-
-
-class IncompleteAnswer(Exception):
-    """SendMessageBatch answered 200 without naming some entries as Successful or Failed."""
 
 
 def is_retryable(failure: dict[str, Any]) -> bool:

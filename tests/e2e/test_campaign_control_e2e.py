@@ -20,7 +20,8 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from campaign_pipeline.resources.campaign_store import CampaignStore, as_utc
+from campaign_pipeline.clock import as_utc
+from campaign_pipeline.resources.campaign_store import CampaignStore
 from tests.e2e.conftest import (
     INTERVAL_MS,
     RUN_START_SECONDS,
