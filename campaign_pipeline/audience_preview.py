@@ -23,8 +23,9 @@ import polars as pl
 
 from campaign_pipeline.errors import CampaignDefinitionError
 from campaign_pipeline.payloads import CampaignMessage, build_payloads, check_campaign_message
+from campaign_pipeline.privacy import mask_phone_numbers, masked_phone_number
 from campaign_pipeline.resources.campaign_store import CampaignStore, campaign_message
-from campaign_pipeline.resources.sqs_queue import SqsQueue, mask_phone_numbers
+from campaign_pipeline.resources.sqs_queue import SqsQueue
 from campaign_pipeline.sqs_status import (
     CHECK_CONNECT_TIMEOUT_SECONDS,
     CHECK_MAX_ATTEMPTS,
@@ -258,11 +259,6 @@ def format_preview(report: PreviewReport) -> list[str]:
     )
     lines += [f"  {mask_phone_numbers(payload)}" for payload in report.sample]
     return lines
-
-
-def masked_phone_number(phone: pl.Expr) -> pl.Expr:
-    """`***` and the number's last two digits, column-wise (as `mask_phone_numbers` shows it)."""
-    return pl.concat_str([pl.lit("***"), phone.str.replace_all(r"\D", "").str.slice(-2)])
 
 
 def preview_frame(

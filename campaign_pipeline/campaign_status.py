@@ -12,6 +12,7 @@ from typing import Any
 import dagster as dg
 
 from campaign_pipeline.clock import as_utc
+from campaign_pipeline.defs.tags import CAMPAIGN_ID_TAG
 from campaign_pipeline.resources.campaign_store import CampaignStore
 
 # Runs of a campaign listed, newest first.
@@ -44,7 +45,7 @@ def campaign_runs(
 ) -> list[RunSummary]:
     """The campaign's latest runs (by its `campaign_id` tag), newest first."""
     records = instance.get_run_records(
-        dg.RunsFilter(tags={"campaign_id": campaign_id}), limit=RUNS_SHOWN
+        dg.RunsFilter(tags={CAMPAIGN_ID_TAG: campaign_id}), limit=RUNS_SHOWN
     )
     return [
         RunSummary(

@@ -6,6 +6,7 @@ from typing import Any
 import dagster as dg
 from dagster_aws.s3 import S3PickleIOManager, S3Resource
 
+from campaign_pipeline.defs.tags import JOB_NAME
 from campaign_pipeline.jobs import (
     CAMPAIGN_EXECUTOR,
     check_sqs_status,
@@ -76,4 +77,4 @@ defs = dg.Definitions(
 
 def campaign_job() -> dg.JobDefinition:
     """process_campaign_messages with its resources, for `dg.build_reconstructable_job`."""
-    return defs.get_job_def("process_campaign_messages")
+    return defs.get_job_def(JOB_NAME)

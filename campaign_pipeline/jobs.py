@@ -4,6 +4,10 @@ from typing import Any
 
 import dagster as dg
 
+from campaign_pipeline.defs.tags import (
+    CAMPAIGN_ID_TAG,
+    CAMPAIGN_PARTITIONS,
+)
 from campaign_pipeline.errors import SettingsError
 from campaign_pipeline.ops import (
     CampaignConfig,
@@ -13,17 +17,11 @@ from campaign_pipeline.ops import (
     send_campaign_messages,
 )
 from campaign_pipeline.ops.preview import preview_campaign_payloads
-from campaign_pipeline.ops.process_campaign import (
-    CAMPAIGN_NAME_TAG,
-    CAMPAIGN_PARTITIONS,
-    campaign_name_tag,
-)
 from campaign_pipeline.ops.sqs_status import record_sqs_status
 from campaign_pipeline.settings import campaign_executor, campaign_send_processes
 
 # Imported once by the multiprocess executor's fork server, so a step process starts warm.
 FORKSERVER_PRELOAD = "campaign_pipeline.definitions"
-CAMPAIGN_ID_TAG = "campaign_id"
 
 # Read when the code location loads: the job's executor is part of its definition, and the
 # run config every launcher writes must match it (so trigger needs the same environment).
@@ -116,18 +114,6 @@ def campaign_run_config(
         "ops": {"claim_campaign": {"config": config.model_dump(exclude_unset=True)}},
         "execution": {"config": execution},
     }
-
-
-def campaign_tags(
-    campaign_id: str, organization_id: str | None, name: str | None = None
-) -> dict[str, str]:
-    """Tags that find a campaign's runs in the UI (and limit them to one at a time)."""
-    tags = {CAMPAIGN_ID_TAG: campaign_id}
-    if organization_id:
-        tags["organization_id"] = organization_id
-    if name:
-        tags[CAMPAIGN_NAME_TAG] = campaign_name_tag(name)
-    return tags
 
 
 @dg.job(

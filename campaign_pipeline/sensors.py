@@ -7,14 +7,14 @@ from typing import Any
 import dagster as dg
 
 from campaign_pipeline.clock import as_utc
+from campaign_pipeline.defs.tags import CAMPAIGN_ID_TAG, RESUME_ATTEMPT_TAG, campaign_tags
 from campaign_pipeline.jobs import (
     campaign_partitions,
     campaign_run_config,
-    campaign_tags,
     process_campaign_messages,
 )
+from campaign_pipeline.privacy import mask_phone_numbers
 from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.resources.sqs_queue import mask_phone_numbers
 from campaign_pipeline.settings import (
     background_job_interval_seconds,
     campaign_batch_size,
@@ -24,7 +24,6 @@ from campaign_pipeline.settings import (
 )
 from campaign_pipeline.text import one_line
 
-RESUME_ATTEMPT_TAG = "campaign_pipeline/resume_attempt"
 # Every status but the three final ones: a queued run (waiting for its campaign's concurrency
 # slot, say) will claim the campaign too. `DagsterRun.is_finished` is the same test.
 UNFINISHED_RUN_STATUSES = [
@@ -84,7 +83,7 @@ def asset_generated_campaigns_sensor(
 
 def campaign_id_of(run: dg.DagsterRun) -> str | None:
     """The campaign a run of process_campaign_messages processes: its tag, else its config."""
-    if campaign_id := run.tags.get("campaign_id"):
+    if campaign_id := run.tags.get(CAMPAIGN_ID_TAG):
         return campaign_id
     config: Any = run.run_config
     for key in ("ops", "claim_campaign", "config", "campaign_id"):
@@ -232,7 +231,7 @@ def resume_stalled_campaigns_sensor(
 
 def _latest_run_if_canceled(instance: dg.DagsterInstance, campaign_id: str) -> dg.DagsterRun | None:
     """The campaign's latest run, if it was canceled (terminated)."""
-    runs = instance.get_runs(dg.RunsFilter(tags={"campaign_id": campaign_id}), limit=1)
+    runs = instance.get_runs(dg.RunsFilter(tags={CAMPAIGN_ID_TAG: campaign_id}), limit=1)
     if not runs or runs[0].status != dg.DagsterRunStatus.CANCELED:
         return None
     return runs[0]

@@ -25,14 +25,14 @@ from gql.transport.requests import RequestsHTTPTransport
 
 from campaign_pipeline.campaign_status import RUNS_SHOWN, RunSummary, utc_from_timestamp
 from campaign_pipeline.clock import as_utc
-from campaign_pipeline.jobs import campaign_run_config, campaign_tags
+from campaign_pipeline.defs.tags import CAMPAIGN_ID_TAG, JOB_NAME, campaign_tags
+from campaign_pipeline.jobs import campaign_run_config
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.settings import campaign_send_processes
 from campaign_pipeline.text import canonical_campaign_id, one_line
 
 DAGSTER_URL_VARIABLE = "DAGSTER_URL"
 DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
-JOB_NAME = "process_campaign_messages"
 # Runs that may still claim or send: waiting in the queue, being launched, running, stopping.
 IN_PROGRESS_STATUSES = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
 FINISHED_STATUSES = frozenset(
@@ -312,7 +312,7 @@ class DagsterWebserver:
             RUNS_IN_PROGRESS_QUERY,
             {
                 "filter": {
-                    "tags": [{"key": "campaign_id", "value": campaign_id}],
+                    "tags": [{"key": CAMPAIGN_ID_TAG, "value": campaign_id}],
                     "statuses": list(IN_PROGRESS_STATUSES),
                 }
             },
@@ -325,7 +325,7 @@ class DagsterWebserver:
         """The campaign's latest runs (by its `campaign_id` tag), newest first."""
         data = self._query(
             CAMPAIGN_RUNS_QUERY,
-            {"filter": {"tags": [{"key": "campaign_id", "value": campaign_id}]}, "limit": limit},
+            {"filter": {"tags": [{"key": CAMPAIGN_ID_TAG, "value": campaign_id}]}, "limit": limit},
         )["runsOrError"]
         if data["__typename"] != "Runs":
             raise TriggerError(f"Dagster could not list runs: {one_line(data.get('message'))}")

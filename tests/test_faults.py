@@ -33,8 +33,9 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
+from campaign_pipeline.defs.tags import campaign_tags
 from campaign_pipeline.dispatch import WRITES_IN_FLIGHT, SendStats, merge_stats
-from campaign_pipeline.jobs import campaign_run_config, campaign_tags, process_campaign_messages
+from campaign_pipeline.jobs import campaign_run_config, process_campaign_messages
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
 from campaign_pipeline.schema import campaign_audience
@@ -82,7 +83,8 @@ CHILD = """
 import json, os, sys, time
 import dagster as dg
 from campaign_pipeline.dispatch import merge_stats
-from campaign_pipeline.jobs import campaign_run_config, campaign_tags, process_campaign_messages
+from campaign_pipeline.jobs import campaign_run_config, process_campaign_messages
+from campaign_pipeline.defs.tags import campaign_tags
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
 

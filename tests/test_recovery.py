@@ -18,15 +18,12 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from campaign_pipeline.jobs import campaign_run_config, campaign_tags, process_campaign_messages
+from campaign_pipeline.defs.tags import RESUME_ATTEMPT_TAG, campaign_tags
+from campaign_pipeline.jobs import campaign_run_config, process_campaign_messages
 from campaign_pipeline.resources.campaign_store import CampaignStore, Outcomes
 from campaign_pipeline.resources.sqs_queue import SqsQueue
 from campaign_pipeline.schema import campaign_audience
-from campaign_pipeline.sensors import (
-    RESUME_ATTEMPT_TAG,
-    record_campaign_run_failure,
-    resume_stalled_campaigns_sensor,
-)
+from campaign_pipeline.sensors import record_campaign_run_failure, resume_stalled_campaigns_sensor
 from tests.conftest import REGION, drain, free_port
 from tests.fault_proxy import FaultProxy
 

@@ -12,11 +12,11 @@ from collections.abc import Iterator
 import dagster as dg
 import pytest
 
+from campaign_pipeline.defs.tags import RESUME_ATTEMPT_TAG
 from campaign_pipeline.errors import SettingsError
 from campaign_pipeline.jobs import process_campaign_messages
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.sensors import (
-    RESUME_ATTEMPT_TAG,
     asset_generated_campaigns_sensor,
     record_campaign_run_failure,
     resume_stalled_campaigns_sensor,

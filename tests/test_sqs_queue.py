@@ -19,13 +19,13 @@ from dagster_aws.utils import ResourceWithBoto3Configuration
 from campaign_pipeline.dispatch import queue_campaign_messages
 from campaign_pipeline.errors import IncompleteAnswer, SettingsError
 from campaign_pipeline.jobs import campaign_run_config, process_campaign_messages
+from campaign_pipeline.privacy import mask_phone_numbers
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import (
     BatchResult,
     SqsQueue,
     backoff_seconds,
     is_retryable,
-    mask_phone_numbers,
 )
 from tests.conftest import REGION, drain
 from tests.fault_proxy import FaultProxy

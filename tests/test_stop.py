@@ -20,10 +20,11 @@ import pytest
 from dagster._core.errors import raise_execution_interrupts
 from pydantic import PrivateAttr
 
+from campaign_pipeline.defs.tags import STOPPED_TAG
 from campaign_pipeline.dispatch import SendStats, StopSignal, queue_campaign_messages
 from campaign_pipeline.jobs import process_campaign_messages
 from campaign_pipeline.ops import CampaignConfig
-from campaign_pipeline.ops.process_campaign import STOPPED_TAG, _send_off_the_main_thread
+from campaign_pipeline.ops.process_campaign import _send_off_the_main_thread
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import BatchResult, SqsQueue
 from tests.conftest import REGION

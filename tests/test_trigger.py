@@ -14,9 +14,9 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from campaign_pipeline.defs.tags import JOB_NAME
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.trigger import (
-    JOB_NAME,
     DagsterWebserver,
     TriggerError,
     _failure_reason,

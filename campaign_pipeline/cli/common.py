@@ -28,7 +28,6 @@ from campaign_pipeline.text import (
 )
 
 PROG = "campaign-pipeline"
-JOB_NAME = "process_campaign_messages"
 QUEUE_URL_VARIABLE = "AWS_SQS_QUEUE_URL"
 REGION_VARIABLE = "AWS_REGION"
 SCHEMA_TABLES = ("campaigns", "campaign_audience")

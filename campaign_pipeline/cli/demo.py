@@ -22,7 +22,6 @@ import boto3
 import dagster as dg
 
 from campaign_pipeline.cli.common import (
-    JOB_NAME,
     PROG,
     QUEUE_URL_VARIABLE,
     REGION_VARIABLE,
@@ -39,6 +38,7 @@ from campaign_pipeline.cli.common import (
     with_console_log_level,
 )
 from campaign_pipeline.cli.inspection import message_body, peek_messages
+from campaign_pipeline.defs.tags import CAMPAIGN_ID_TAG, JOB_NAME
 from campaign_pipeline.demo import (
     DEMO_QUEUE_NAME,
     local_sqs_server,
@@ -111,12 +111,12 @@ def _demo_once(args: argparse.Namespace, campaign_ids: Sequence[str], queue_url:
             requests = [
                 request
                 for request in getattr(evaluation, "run_requests", None) or []
-                if request.tags["campaign_id"] not in processed
+                if request.tags[CAMPAIGN_ID_TAG] not in processed
             ]
             if not requests:
                 break
             for request in requests:
-                processed.add(request.tags["campaign_id"])
+                processed.add(request.tags[CAMPAIGN_ID_TAG])
                 result = job.execute_in_process(
                     run_config=with_console_log_level(request.run_config, log_level(args)),
                     tags=request.tags,

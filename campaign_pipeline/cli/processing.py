@@ -9,7 +9,6 @@ import dagster as dg
 import sqlalchemy as sa
 
 from campaign_pipeline.cli.common import (
-    JOB_NAME,
     PROG,
     QUEUE_URL_VARIABLE,
     REGION_VARIABLE,
@@ -30,8 +29,8 @@ from campaign_pipeline.cli.common import (
     whole_number,
     with_console_log_level,
 )
+from campaign_pipeline.defs.tags import JOB_NAME, STOPPED_TAG
 from campaign_pipeline.dispatch import merge_stats
-from campaign_pipeline.ops.process_campaign import STOPPED_TAG
 from campaign_pipeline.resources.campaign_store import (
     DATABASE_URL_VARIABLE,
     CampaignStore,
@@ -92,12 +91,8 @@ def cmd_process(args: argparse.Namespace) -> int:
     ensure_dagster_home(Path(".dagster"))
 
     from campaign_pipeline.definitions import defs  # importing it reads the settings
-    from campaign_pipeline.jobs import (
-        CAMPAIGN_EXECUTOR,
-        campaign_partitions,
-        campaign_run_config,
-        campaign_tags,
-    )
+    from campaign_pipeline.defs.tags import campaign_tags
+    from campaign_pipeline.jobs import CAMPAIGN_EXECUTOR, campaign_partitions, campaign_run_config
     from campaign_pipeline.settings import campaign_send_processes
 
     job = defs.get_job_def(JOB_NAME)

@@ -20,8 +20,8 @@ from campaign_pipeline.audience_preview import (
     load_campaign,
     queue_limit_from_environment,
 )
+from campaign_pipeline.privacy import mask_phone_numbers
 from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.resources.sqs_queue import mask_phone_numbers
 
 
 class PreviewConfig(dg.Config):

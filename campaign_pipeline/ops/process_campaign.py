@@ -11,6 +11,14 @@ import sqlalchemy as sa
 from pydantic import Field
 
 from campaign_pipeline.clock import as_utc
+from campaign_pipeline.defs.tags import (
+    CAMPAIGN_NAME_TAG,
+    CAMPAIGN_PARTITIONS,
+    PARTITION_SET_TAG,
+    PARTITION_TAG,
+    STOPPED_TAG,
+    campaign_name_tag,
+)
 from campaign_pipeline.dispatch import SendStats, StopSignal, merge_stats, queue_campaign_messages
 from campaign_pipeline.errors import (
     CampaignBusy,
@@ -42,15 +50,6 @@ SQS_MAX_MESSAGE_BYTES = 1_048_576
 TRANSIENT_DATABASE_ERRORS = (sa.exc.OperationalError, sa.exc.InterfaceError)
 # How Dagster stops a step: Terminate in the UI (GraphQL terminateRun), or Ctrl-C on `process`.
 INTERRUPTS = (dg.DagsterExecutionInterruptedError, KeyboardInterrupt)
-CAMPAIGN_NAME_TAG = "campaign_name"
-# The dynamic partitions of process_campaign_messages (one per campaign), and Dagster's tags
-# that make a run one of a partition.
-CAMPAIGN_PARTITIONS = "campaigns"
-PARTITION_TAG = "dagster/partition"
-PARTITION_SET_TAG = "dagster/partition_set"
-STOPPED_TAG = "campaign_pipeline/stopped"
-# Dagster caps tag values; a campaign's name is only a label.
-MAX_TAG_CHARACTERS = 200
 
 
 class CampaignConfig(dg.Config):
@@ -187,11 +186,6 @@ def _claim_for_reexecution(
     except TRANSIENT_DATABASE_ERRORS as error:
         raise dg.RetryRequested(max_retries=3, seconds_to_wait=2) from error
     context.log.info(f"Claimed campaign {campaign.id} (claimed by run {campaign.run_id} before)")
-
-
-def campaign_name_tag(name: str) -> str:
-    """The campaign's name as a run tag value (Dagster bounds tag values)."""
-    return name[:MAX_TAG_CHARACTERS]
 
 
 def _campaign_id_of_run(context: dg.OpExecutionContext, config: CampaignConfig) -> str:

@@ -2,7 +2,6 @@
 
 import os
 import random
-import re
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -17,6 +16,7 @@ from dagster_aws.utils import ResourceWithBoto3Configuration
 from pydantic import Field, PrivateAttr
 
 from campaign_pipeline.errors import IncompleteAnswer, SettingsError
+from campaign_pipeline.privacy import mask_phone_numbers
 from campaign_pipeline.settings import one_of, positive_int
 
 # Per-entry failures SQS reports as sender faults although a later attempt can succeed.
@@ -38,14 +38,6 @@ FAIR_QUEUE_GROUP_VARIABLE = "SQS_FAIR_QUEUE_GROUP"
 # organization (or each campaign) is one tenant.
 FAIR_QUEUE_GROUPS = ("organization", "campaign")
 DEFAULT_MAX_CONCURRENT_BATCHES = 64
-# Not inside a longer word or hyphenated id: the digit runs of UUIDs (run and campaign ids,
-# which people search logs for) and hex ids stay as they are.
-_PHONE_LIKE = re.compile(r"(?<![\w-])\+?\d[\d ().-]{5,}\d(?![\w-])")
-
-
-def mask_phone_numbers(text: str) -> str:
-    """Replace anything that looks like a phone number with its last two digits, for logs."""
-    return _PHONE_LIKE.sub(lambda match: "***" + re.sub(r"\D", "", match.group())[-2:], text)
 
 
 @dataclass

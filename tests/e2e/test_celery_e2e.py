@@ -35,7 +35,8 @@ import pytest
 import yaml
 
 from benchmarks.sqs_endpoints import fauxqs_server
-from campaign_pipeline.jobs import campaign_run_config, campaign_tags
+from campaign_pipeline.defs.tags import campaign_tags
+from campaign_pipeline.jobs import campaign_run_config
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from tests.conftest import REGION, assert_one_line_error
 from tests.e2e.conftest import BIN, ORGANIZATION_ID, ROOT, _end_process_group, add_campaign

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from campaign_pipeline.jobs import campaign_run_config, campaign_tags
+from campaign_pipeline.defs.tags import campaign_tags
+from campaign_pipeline.jobs import campaign_run_config
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from tests.e2e.conftest import (
     ORGANIZATION_ID,

@@ -17,8 +17,8 @@ import dagster as dg
 import pytest
 import yaml
 
+from campaign_pipeline.defs.tags import RESUME_ATTEMPT_TAG
 from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.sensors import RESUME_ATTEMPT_TAG
 from tests.e2e.conftest import (
     RUN_START_SECONDS,
     DagsterProcesses,
