@@ -17,8 +17,8 @@ export AWS_SQS_QUEUE_URL=$(.venv/bin/python -c "import boto3;print(boto3.client(
 CID=$(.venv/bin/python -c "
 from campaign_pipeline.resources.campaign_store import CampaignStore
 s=CampaignStore()
-c=s.add_campaign(organization_id='o', name='10k', status='asset_generated', message_type='text', message_content='Hello {{name}}')
-s.add_recipients(c, [{'phone_number': f'+1555{i:07d}' if i % 100 else 'bad', 'name': f'N{i}'} for i in range(10000)])
+c=s.campaigns.add(organization_id='o', name='10k', status='asset_generated', message_type='text', message_content='Hello {{name}}')
+s.campaigns.add_recipients(c, [{'phone_number': f'+1555{i:07d}' if i % 100 else 'bad', 'name': f'N{i}'} for i in range(10000)])
 print(c)")
 .venv/bin/python - <<'PY' > /tmp/drained.txt &
 import boto3, os, threading

@@ -92,7 +92,7 @@ def seed(database_url: str, recipients: int, campaigns: int = len(CAMPAIGNS)) ->
     store = CampaignStore(database_url=database_url)
     store.create_schema()
     campaign_ids = tuple(
-        store.add_campaign(organization_id=ORGANIZATION_ID, status="asset_generated", **campaign)
+        store.campaigns.add(organization_id=ORGANIZATION_ID, status="asset_generated", **campaign)
         for campaign in CAMPAIGNS[:campaigns]
     )
     store.engine.dispose()

@@ -1,21 +1,25 @@
-"""How long a paused campaign keeps sending: from `CampaignStore.control(id, "pause")` to its end.
+"""How long a paused campaign keeps sending: from `store.control.apply(id, "pause")` to its end.
 
 One campaign of `--recipients` recipients (benchmarks/database.py's `seed`, one campaign) in a
 throwaway PostgreSQL database; fauxqs on loopback (benchmarks/sqs_endpoints.py), optionally
 behind the latency proxy (`--latency-ms`). Each repeat resets the recipients to `pending`, makes a
-fresh queue, claims the campaign and runs `dispatch.queue_campaign_messages` in a thread with the
-op's default chunk, write window and lease (`CampaignConfig`) and the queue's default concurrency
-(`SqsQueue.max_concurrent_batches`). Once SQS has accepted a first batch it lets the run send for
-`--send-seconds`, pauses the campaign and measures, from the moment `control` is called:
+fresh queue, claims the campaign and runs `sending.shard.ShardSend(...).run()` in a thread with
+the op's default chunk, write window and lease (`CampaignConfig`) and the queue's default
+concurrency (`SqsQueue.max_concurrent_batches`), to the `sqs.SqsBatchQueue` the `SqsQueue`
+resource would make, over its boto3 client wrapped to time each call (`TimedClient`). Once SQS
+has accepted a first batch it lets the run send for `--send-seconds`, pauses the campaign and
+measures, from the moment `control.apply` is called:
 
-- `pause_to_return_s`: until `queue_campaign_messages` returned;
+- `pause_to_return_s`: until `ShardSend.run` returned;
 - `pause_to_last_accepted_s`: until the last SendMessageBatch response with an accepted entry
-  (timed in `SqsQueue.send_batch`, which returns as the HTTP response is parsed);
+  (timed around the boto3 client's `send_message_batch`, which returns as the HTTP response is
+  parsed; a resend of entries SQS failed is a call of its own);
 - `pause_to_last_batch_started_s`: until the last SendMessageBatch call began (the run may start
   new calls until it sees the pause: the campaign-status poll every `STATUS_POLL_SECONDS` or an
-  outcome write's answer, read once more writes are in flight than `WRITES_IN_FLIGHT`);
-- `poll_saw_pause_s` and `write_saw_pause_s`: until the status poll, and an outcome write, first
-  returned `paused` (the write's answer is acted on later, when the run reads it).
+  outcome write's answer, heeded as soon as that write ends);
+- `poll_saw_pause_s` and `write_saw_pause_s`: until the status poll (the lease's
+  `claims.status`, `WatchedClaims`), and an outcome write (`audience.record_outcomes`,
+  `WatchedAudience`), first returned `paused`.
 
 The pause comes from another process, as an operator's `campaign-pipeline pause` would (its
 store connected beforehand; `time.perf_counter` is the system's monotonic clock, the same in both
@@ -49,9 +53,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+import polars as pl
 import psycopg
 from database import reset, seed, temporary_database
-from pydantic import PrivateAttr
 from sqs_endpoints import (
     FAKE_CREDENTIALS,
     REGION,
@@ -62,14 +66,16 @@ from sqs_endpoints import (
     latency_proxy,
 )
 
-from campaign_pipeline.dispatch import STATUS_POLL_SECONDS, SendStats, queue_campaign_messages
-from campaign_pipeline.ops.process_campaign import CampaignConfig
-from campaign_pipeline.resources.campaign_store import CampaignStore, Outcomes, WriteAck
-from campaign_pipeline.resources.sqs_queue import (
-    DEFAULT_MAX_CONCURRENT_BATCHES,
-    BatchResult,
-    SqsQueue,
-)
+from campaign_pipeline.defs.ops.process_campaign import CampaignConfig
+from campaign_pipeline.resources.campaign_store import CampaignStore
+from campaign_pipeline.resources.sqs_queue import DEFAULT_MAX_CONCURRENT_BATCHES, SqsQueue
+from campaign_pipeline.sending.lease import STATUS_POLL_SECONDS, Lease
+from campaign_pipeline.sending.shard import ShardSend
+from campaign_pipeline.sending.stats import SendStats
+from campaign_pipeline.sqs import SqsBatchQueue
+from campaign_pipeline.store.audience import Audience
+from campaign_pipeline.store.claims import Claims
+from campaign_pipeline.store.records import Claim, IdRange, Outcomes, WriteAck
 
 ACTOR = "benchmarks/pause_latency.py"
 FIRST_BATCH_TIMEOUT_S = 60
@@ -87,29 +93,42 @@ class Calls:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class TimedSqsQueue(SqsQueue):
-    """The real queue resource, timing each `send_batch` (retries included) on the clock."""
+class TimedClient:
+    """A boto3 SQS client timing each SendMessageBatch call (botocore's retries included)."""
 
-    _calls: Calls = PrivateAttr(default_factory=Calls)
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.calls = Calls()
 
-    @property
-    def calls(self) -> Calls:
-        """What was sent so far."""
-        return self._calls
+    def get_queue_attributes(self, **arguments: Any) -> Any:
+        """The client's GetQueueAttributes."""
+        return self.client.get_queue_attributes(**arguments)
 
-    def send_batch(
-        self, campaign_id: str, ids: Sequence[str], bodies: Sequence[str]
-    ) -> BatchResult:
-        """`SqsQueue.send_batch`, noting when it began and, if SQS accepted any, when it ended."""
-        started = time.perf_counter()
-        result = super().send_batch(campaign_id, ids, bodies)
+    def send_message_batch(self, **arguments: Any) -> Any:
+        """The client's call, noting when it began and, if SQS accepted any, when it answered."""
+        with self.calls.lock:
+            self.calls.started.append(time.perf_counter())
+        response = self.client.send_message_batch(**arguments)
         answered = time.perf_counter()
-        with self._calls.lock:
-            self._calls.started.append(started)
-            if result.accepted_ids:
-                self._calls.accepted_at.append(answered)
-                self._calls.message_ids += result.message_ids
-        return result
+        if successful := response.get("Successful", []):
+            with self.calls.lock:
+                self.calls.accepted_at.append(answered)
+                self.calls.message_ids += [item["MessageId"] for item in successful]
+        return response
+
+
+def batch_queue(resource: SqsQueue, client: Any) -> SqsBatchQueue:
+    """The queue `resource.batch_queue()` makes, over `client` instead of the resource's own."""
+    return SqsBatchQueue(
+        client,
+        resource.queue_url,
+        message_group_id=resource.message_group_id,
+        fair_grouping=resource.fair_queue_grouping,
+        concurrency=resource.concurrency,
+        max_entry_retries=resource.max_entry_retries,
+        retry_base_seconds=resource.retry_base_seconds,
+        retry_cap_seconds=resource.retry_cap_seconds,
+    )
 
 
 # When `control` was called and returned (perf_counter seconds), and whether it paused.
@@ -118,14 +137,14 @@ Pause = tuple[float, float, bool]
 
 def _pause(store: CampaignStore, campaign_id: str) -> Pause:
     started = time.perf_counter()
-    changed = store.control(campaign_id, "pause", ACTOR).changed
+    changed = store.control.apply(campaign_id, "pause", ACTOR).changed
     return started, time.perf_counter(), changed
 
 
 def _pauser(database_url: str, campaign_id: str, connection: Connection) -> None:
     """In a process of its own: pause the campaign each time it is told to."""
     store = CampaignStore(database_url=database_url)
-    store.campaign_status(campaign_id)  # connected before it is told, not after
+    store.claims.status(campaign_id)  # connected before it is told, not after
     connection.send("ready")
     while connection.recv() == "pause":
         connection.send(_pause(store, campaign_id))
@@ -156,30 +175,68 @@ def pauser_process(database_url: str, campaign_id: str) -> Iterator[Callable[[],
             process.kill()
 
 
-class WatchedStore(CampaignStore):
-    """The real store, noting when its status poll and its outcome writes first saw a pause."""
+# When the status poll ("poll") and an outcome write ("write") first saw `paused`.
+SawPause = dict[str, float]
 
-    _saw: dict[str, float] = PrivateAttr(default_factory=dict)
 
-    @property
-    def saw_pause(self) -> dict[str, float]:
-        """When the status poll ("poll") and an outcome write ("write") first saw `paused`."""
-        return self._saw
+class WatchedClaims:
+    """The store's claims for the run's `Lease`; its status poll notes when it first saw a pause."""
 
-    def campaign_status(self, campaign_id: str) -> str | None:
-        """`CampaignStore.campaign_status`, noted."""
-        status = super().campaign_status(campaign_id)
+    def __init__(self, claims: Claims, saw_pause: SawPause) -> None:
+        self.claims = claims
+        self.saw_pause = saw_pause
+
+    def claim(
+        self,
+        campaign_id: str,
+        run_id: str,
+        lease_seconds: float,
+        take_over_from: str | None = None,
+        send_now: bool = False,
+    ) -> Claim:
+        """`Claims.claim`."""
+        return self.claims.claim(campaign_id, run_id, lease_seconds, take_over_from, send_now)
+
+    def renew(self, campaign_id: str, run_id: str, lease_seconds: float) -> bool:
+        """`Claims.renew`."""
+        return self.claims.renew(campaign_id, run_id, lease_seconds)
+
+    def status(self, campaign_id: str) -> str | None:
+        """`Claims.status`, noted."""
+        status = self.claims.status(campaign_id)
         if status == "paused":
-            self._saw.setdefault("poll", time.perf_counter())
+            self.saw_pause.setdefault("poll", time.perf_counter())
         return status
+
+    def release(self, campaign_id: str, run_id: str) -> None:
+        """`Claims.release`."""
+        self.claims.release(campaign_id, run_id)
+
+    def hold_back(self, campaign_id: str, run_id: str, reason: str, actor: str) -> bool:
+        """`Claims.hold_back`."""
+        return self.claims.hold_back(campaign_id, run_id, reason, actor)
+
+
+class WatchedAudience:
+    """The store's audience, for the send: its outcome writes note when one first saw a pause."""
+
+    def __init__(self, audience: Audience, saw_pause: SawPause) -> None:
+        self.audience = audience
+        self.saw_pause = saw_pause
+
+    def pending_chunks(
+        self, campaign_id: str, chunk_size: int, id_range: IdRange | None = None
+    ) -> Iterator[pl.DataFrame]:
+        """`Audience.pending_chunks`."""
+        return self.audience.pending_chunks(campaign_id, chunk_size, id_range)
 
     def record_outcomes(
         self, campaign_id: str, run_id: str, outcomes: Outcomes, lease_seconds: float
     ) -> WriteAck:
-        """`CampaignStore.record_outcomes`, noted."""
-        ack = super().record_outcomes(campaign_id, run_id, outcomes, lease_seconds)
+        """`Audience.record_outcomes`, noted."""
+        ack = self.audience.record_outcomes(campaign_id, run_id, outcomes, lease_seconds)
         if ack.status == "paused":
-            self._saw.setdefault("write", time.perf_counter())
+            self.saw_pause.setdefault("write", time.perf_counter())
         return ack
 
 
@@ -271,40 +328,44 @@ def measure_once(
 ) -> dict[str, Any]:
     """One run paused after `send_seconds` by `pause` (None: this process): latencies, checks."""
     reset(database_url, [campaign_id])
-    store = WatchedStore(database_url=database_url)
+    store = CampaignStore(database_url=database_url)
+    saw_pause: SawPause = {}
+    claims = WatchedClaims(store.claims, saw_pause)
+    watched_audience = WatchedAudience(store.audience, saw_pause)
     run_id = f"pause-latency-{uuid.uuid4().hex[:12]}"
     lease_seconds = _config_default("lease_seconds")
     with fresh_queue(loopback) as queue_url:
-        queue = TimedSqsQueue(queue_url=queue_url, region_name=REGION, endpoint_url=endpoint)
-        claim = store.claim(campaign_id, run_id, lease_seconds)
+        resource = SqsQueue(queue_url=queue_url, region_name=REGION, endpoint_url=endpoint)
+        client = TimedClient(resource.client)
+        calls = client.calls
+        claim = claims.claim(campaign_id, run_id, lease_seconds)
+        shard = ShardSend(
+            claim.message,
+            Lease(claims, campaign_id, run_id, lease_seconds),
+            watched_audience,
+            batch_queue(resource, client),
+            recipients_per_chunk=_config_default("recipients_per_chunk"),
+            outcomes_per_write=_config_default("outcomes_per_write"),
+        )
 
         def send() -> tuple[SendStats, float]:
-            stats = queue_campaign_messages(
-                claim.message,
-                store,
-                queue,
-                run_id,
-                recipients_per_chunk=_config_default("recipients_per_chunk"),
-                outcomes_per_write=_config_default("outcomes_per_write"),
-                lease_seconds=lease_seconds,
-            )
+            stats = shard.run()
             return stats, time.perf_counter()
 
         with ThreadPoolExecutor(1, thread_name_prefix="campaign-run") as pool:
             run = pool.submit(send)
             deadline = time.monotonic() + FIRST_BATCH_TIMEOUT_S
-            while not queue.calls.accepted_at:
+            while not calls.accepted_at:
                 if run.done() or time.monotonic() > deadline:
                     run.result(timeout=0)  # raises the run's error, if any
                     raise RuntimeError("SQS accepted no batch")
                 time.sleep(0.005)
-            sending_since = queue.calls.accepted_at[0]
+            sending_since = calls.accepted_at[0]
             time.sleep(send_seconds)
-            with queue.calls.lock:
-                accepted_before = len(queue.calls.message_ids)
+            with calls.lock:
+                accepted_before = len(calls.message_ids)
             paused_at, committed_at, changed = (pause or (lambda: _pause(store, campaign_id)))()
             stats, returned_at = run.result(timeout=RUN_TIMEOUT_S)
-        calls = queue.calls
         audience = _audience(database_url, campaign_id)
         queued = audience["counts"].get("ready_to_send", 0)
         depth = _queue_messages(loopback, queue_url, queued)
@@ -316,8 +377,8 @@ def measure_once(
         "pause_to_last_batch_started_s": round(max(calls.started) - paused_at, 3),
         "pause_call_s": round(committed_at - paused_at, 4),
         **{
-            f"{path}_saw_pause_s": round(store.saw_pause[path] - paused_at, 3)
-            if path in store.saw_pause
+            f"{path}_saw_pause_s": round(saw_pause[path] - paused_at, 3)
+            if path in saw_pause
             else None
             for path in ("poll", "write")
         },

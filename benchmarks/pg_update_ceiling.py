@@ -14,7 +14,8 @@ import uuid
 import psycopg
 from database import seed, temporary_database
 
-from campaign_pipeline.resources.campaign_store import CampaignStore, Outcomes
+from campaign_pipeline.resources.campaign_store import CampaignStore
+from campaign_pipeline.store.records import Outcomes
 
 
 def main() -> None:
@@ -44,7 +45,7 @@ def main() -> None:
             windows.append(window)
         started = time.perf_counter()
         for window in windows:  # the pipeline's own write, one connection
-            store.record_outcomes("no-campaign", "no-run", window, lease_seconds=60)
+            store.audience.record_outcomes("no-campaign", "no-run", window, lease_seconds=60)
         windowed = args.recipients / (time.perf_counter() - started)
         store.engine.dispose()
     print(f"{args.recipients:,} recipients")

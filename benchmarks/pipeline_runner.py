@@ -41,33 +41,60 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from process_tree import watch_descendants
 
-from campaign_pipeline.jobs import campaign_run_config, process_campaign_messages
+from campaign_pipeline.defs.jobs import campaign_run_config, process_campaign_messages
 from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.resources.sqs_queue import BatchResult, SqsQueue
+from campaign_pipeline.resources.sqs_queue import SqsQueue
+from campaign_pipeline.sqs import BatchResult, SqsBatchQueue
 
 REGION = "us-east-1"
 BIN = Path(sys.executable).parent
 CELERY = os.environ.get("CAMPAIGN_EXECUTOR") == "celery"
 
 
-class NullSqsQueue(SqsQueue):
-    """Accepts every message without sending it: measures everything but SQS."""
+class NullBatchQueue(SqsBatchQueue):
+    """Accepts every message without sending it: measures everything but SQS.
+
+    It cuts at `send_batch`, as this runner always has, so an A/B against an older commit
+    compares the same work.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(client=None, queue_url="null://sink")
 
     def max_message_bytes(self) -> int:
         """AWS's current limit."""
         return 1_048_576
 
     def send_batch(
-        self, campaign_id: str, ids: Sequence[str], bodies: Sequence[str]
+        self,
+        campaign_id: str,
+        ids: Sequence[str],
+        bodies: Sequence[str],
+        fair_group_id: str | None = None,
     ) -> BatchResult:
         """Every entry accepted, with its id as a made-up message id."""
         return BatchResult(accepted_ids=list(ids), message_ids=list(ids))
 
 
+def null_batch_queue() -> SqsBatchQueue:
+    """The null sink, for a send without Dagster."""
+    return NullBatchQueue()
+
+
+class NullSqsQueue(dg.ConfigurableResource):
+    """The null sink as the job's `sqs_queue`: the send op asks only for these two."""
+
+    queue_url: str = "null://sink"
+
+    def batch_queue(self) -> SqsBatchQueue:
+        """A null queue."""
+        return NullBatchQueue()
+
+
 def _resources(sink: str) -> dict[str, dg.ConfigurableResource]:
     """Resources from the environment the parent process set (see `main`)."""
     if sink == "null":
-        queue: SqsQueue = NullSqsQueue(queue_url="null://sink", region_name=REGION)
+        queue: dg.ConfigurableResource = NullSqsQueue()
     else:
         # The resource's own default unless an experiment sets it.
         concurrency = os.environ.get("BENCHMARK_MAX_CONCURRENT_BATCHES")
@@ -118,7 +145,7 @@ def celery_workers(count: int, home: str) -> Iterator[None]:
                     subprocess.Popen(
                         [
                             str(BIN / "celery"),
-                            *("-A", "campaign_pipeline.celery_executor", "worker"),
+                            *("-A", "campaign_pipeline.defs.celery_executor", "worker"),
                             *("--concurrency=1", "--prefetch-multiplier=1", "-n", f"bench{i}@%h"),
                             *("--without-mingle", "--without-gossip", "--loglevel=INFO"),
                         ],
@@ -152,7 +179,7 @@ def first_outcome_clock(campaign_id: str) -> Iterator[dict[str, float]]:
 
     def poll() -> None:
         while not done.is_set():
-            counts = store.count_recipients(campaign_id)
+            counts = store.audience.counts(campaign_id)
             if counts["ready_to_send"] or counts["failed"]:
                 seen["first_message_s"] = time.perf_counter() - started
                 return

@@ -3,7 +3,7 @@
 Seeds one campaign of N recipients (default 1,000,000; 1% invalid) in a throwaway PostgreSQL
 database, then, in this process: the preflight as the claim runs it (every recipient up to
 `EXACT_UP_TO`, a spread sample above), the exact count of every recipient for comparison, and
-the send itself (`queue_campaign_messages` to a sink that accepts everything, so the send is
+the send itself (`ShardSend(...).run()` to a sink that accepts everything, so the send is
 everything but SQS: reads, payloads, outcome writes). The issue's bound is a preflight of at
 most 10% of the send. Prints one JSON line:
 
@@ -20,12 +20,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from database import reset, seed, temporary_database
-from pipeline_runner import NullSqsQueue
+from pipeline_runner import null_batch_queue
 
-from campaign_pipeline.dispatch import queue_campaign_messages
-from campaign_pipeline.ops.process_campaign import CampaignConfig
-from campaign_pipeline.preflight import EXACT_UP_TO, SAMPLE_SLICES, count_invalid
+from campaign_pipeline.defs.ops.process_campaign import CampaignConfig
 from campaign_pipeline.resources.campaign_store import CampaignStore
+from campaign_pipeline.sending.guards import EXACT_UP_TO, SAMPLE_SLICES, count_invalid
+from campaign_pipeline.sending.lease import Lease
+from campaign_pipeline.sending.shard import ShardSend
 
 DEFAULTS = CampaignConfig(campaign_id="")
 
@@ -41,13 +42,13 @@ def main() -> None:
     with temporary_database() as url:
         (campaign_id,) = seed(url, args.recipients, campaigns=1).campaign_ids
         store = CampaignStore(database_url=url)
-        sink = NullSqsQueue(queue_url="null://sink", region_name="us-east-1")
+        sink = null_batch_queue()
         for repeat in range(args.repeats):
             reset(url, [campaign_id])
-            claim = store.claim(campaign_id, f"run-{repeat}", DEFAULTS.lease_seconds)
+            claim = store.claims.claim(campaign_id, f"run-{repeat}", DEFAULTS.lease_seconds)
             pending = claim.counts["pending"]
             started = time.perf_counter()
-            chunks, sampled = store.preflight_chunks(
+            chunks, sampled = store.audience.preflight_chunks(
                 campaign_id, pending, EXACT_UP_TO, SAMPLE_SLICES
             )
             counted = count_invalid(
@@ -57,20 +58,19 @@ def main() -> None:
             started = time.perf_counter()
             exact = count_invalid(
                 claim.message,
-                store.iter_pending_recipients(campaign_id, DEFAULTS.recipients_per_chunk),
+                store.audience.pending_chunks(campaign_id, DEFAULTS.recipients_per_chunk),
                 sink.max_message_bytes(),
             )
             exacts.append(time.perf_counter() - started)
             started = time.perf_counter()
-            stats = queue_campaign_messages(
+            stats = ShardSend(
                 claim.message,
-                store,
+                Lease(store.claims, campaign_id, f"run-{repeat}", DEFAULTS.lease_seconds),
+                store.audience,
                 sink,
-                f"run-{repeat}",
                 recipients_per_chunk=DEFAULTS.recipients_per_chunk,
                 outcomes_per_write=DEFAULTS.outcomes_per_write,
-                lease_seconds=DEFAULTS.lease_seconds,
-            )
+            ).run()
             sends.append(time.perf_counter() - started)
             assert exact.recipients == stats.recipients, (exact, stats)
             assert exact.invalid == stats.failed, (exact, stats)

@@ -2,14 +2,17 @@
 
 For each cap of `--caps` (messages per second), one campaign of `cap * --seconds` recipients
 (benchmarks/database.py's `seed`, one campaign, 1% invalid phone numbers) in a throwaway
-PostgreSQL database, sent by `dispatch.queue_campaign_messages` with `max_messages_per_second`
+PostgreSQL database, sent by `sending.shard.ShardSend(...).run()` with `max_messages_per_second`
 set to the cap, the op's default chunk, write window and lease (`CampaignConfig`) and the
-queue's default concurrency, to fauxqs on loopback (benchmarks/sqs_endpoints.py). First, in the
-same run, a campaign of `--uncapped-recipients` is sent without a cap: the baseline, what this
-machine reaches uncapped, so a cap above it is reported as one that cannot bind.
+queue's default concurrency (the `sqs.SqsBatchQueue` the `SqsQueue` resource would make, over
+its boto3 client wrapped to time each call: `TimedClient`), to fauxqs on loopback
+(benchmarks/sqs_endpoints.py). First, in the same run, a campaign of `--uncapped-recipients` is
+sent without a cap: the baseline, what this machine reaches uncapped, so a cap above it is
+reported as one that cannot bind.
 
-Each SendMessageBatch that SQS accepted is timed as it returns (`SqsQueue.send_batch`, retries
-included). From those times, per run:
+Each SendMessageBatch that SQS accepted entries of is timed as it returns (around the boto3
+client's `send_message_batch`, botocore's retries included; a resend of entries SQS failed is a
+call of its own). From those times, per run:
 
 - `mean`: messages per second from the first batch answered one second or more after the first
   batch to the last batch;
@@ -21,8 +24,9 @@ included). From those times, per run:
   machine itself fell below the cap at times, so the cap cannot hold every window).
 
 Then it checks that every recipient has an outcome (`ready_to_send` or, for the invalid phone
-numbers, `failed`), that the queue holds as many messages as were queued, and that no batch
-went out in part. Prints one JSON line; exits with status 1 after printing if a check failed.
+numbers, `failed`), that the queue holds as many messages as were queued, and that no
+SendMessageBatch call was accepted in part. Prints one JSON line; exits with status 1 after
+printing if a check failed.
 
     .venv/bin/python benchmarks/rate_cap.py [--caps 50 500 5000] [--seconds 30]
 """
@@ -42,18 +46,15 @@ from typing import Any
 
 import psycopg
 from database import reset, seed, temporary_database
-from pydantic import PrivateAttr
 from sqs_endpoints import FAKE_CREDENTIALS, REGION, fauxqs_server, fauxqs_version, fresh_queue
 
-from campaign_pipeline.dispatch import queue_campaign_messages
-from campaign_pipeline.ops.process_campaign import CampaignConfig
-from campaign_pipeline.pacing import BURST_SECONDS
+from campaign_pipeline.defs.ops.process_campaign import CampaignConfig
 from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.resources.sqs_queue import (
-    DEFAULT_MAX_CONCURRENT_BATCHES,
-    BatchResult,
-    SqsQueue,
-)
+from campaign_pipeline.resources.sqs_queue import DEFAULT_MAX_CONCURRENT_BATCHES, SqsQueue
+from campaign_pipeline.sending.lease import Lease
+from campaign_pipeline.sending.pacing import BURST_SECONDS
+from campaign_pipeline.sending.shard import ShardSend
+from campaign_pipeline.sqs import SqsBatchQueue
 
 WINDOW_S = 10.0
 SKIP_FIRST_S = 1.0
@@ -64,7 +65,7 @@ QUEUE_SETTLE_S = 5
 
 @dataclass
 class Accepted:
-    """When each accepted SendMessageBatch answered, and how many entries SQS accepted."""
+    """When each accepted SendMessageBatch call answered, and how many entries SQS accepted."""
 
     times: list[float] = field(default_factory=list)
     counts: list[int] = field(default_factory=list)
@@ -72,32 +73,41 @@ class Accepted:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class TimedSqsQueue(SqsQueue):
-    """The real queue resource, timing each `send_batch` that SQS accepted entries of."""
+class TimedClient:
+    """A boto3 SQS client timing each SendMessageBatch call that SQS accepted entries of."""
 
-    _accepted: Accepted = PrivateAttr(default_factory=Accepted)
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.accepted = Accepted()
 
-    @property
-    def accepted(self) -> Accepted:
-        """What was accepted so far."""
-        return self._accepted
+    def get_queue_attributes(self, **arguments: Any) -> Any:
+        """The client's GetQueueAttributes."""
+        return self.client.get_queue_attributes(**arguments)
 
-    def send_batch(
-        self,
-        campaign_id: str,
-        ids: Sequence[str],
-        bodies: Sequence[str],
-        fair_group_id: str | None = None,
-    ) -> BatchResult:
-        """`SqsQueue.send_batch`, noting when it answered and what SQS accepted."""
-        result = super().send_batch(campaign_id, ids, bodies, fair_group_id)
+    def send_message_batch(self, **arguments: Any) -> Any:
+        """The client's call, noting when it answered and what SQS accepted."""
+        response = self.client.send_message_batch(**arguments)
         answered = time.perf_counter()
-        if result.accepted_ids:
-            with self._accepted.lock:
-                self._accepted.times.append(answered)
-                self._accepted.counts.append(len(result.accepted_ids))
-                self._accepted.sizes.append(len(ids))
-        return result
+        if accepted := len(response.get("Successful", [])):
+            with self.accepted.lock:
+                self.accepted.times.append(answered)
+                self.accepted.counts.append(accepted)
+                self.accepted.sizes.append(len(arguments["Entries"]))
+        return response
+
+
+def batch_queue(resource: SqsQueue, client: Any) -> SqsBatchQueue:
+    """The queue `resource.batch_queue()` makes, over `client` instead of the resource's own."""
+    return SqsBatchQueue(
+        client,
+        resource.queue_url,
+        message_group_id=resource.message_group_id,
+        fair_grouping=resource.fair_queue_grouping,
+        concurrency=resource.concurrency,
+        max_entry_retries=resource.max_entry_retries,
+        retry_base_seconds=resource.retry_base_seconds,
+        retry_cap_seconds=resource.retry_cap_seconds,
+    )
 
 
 def _config_default(name: str) -> Any:
@@ -180,22 +190,22 @@ def measure(
     run_id = f"rate-cap-{uuid.uuid4().hex[:12]}"
     lease_seconds = _config_default("lease_seconds")
     with fresh_queue(endpoint) as queue_url:
-        queue = TimedSqsQueue(queue_url=queue_url, region_name=REGION, endpoint_url=endpoint)
-        claim = store.claim(campaign_id, run_id, lease_seconds)
-        stats = queue_campaign_messages(
+        resource = SqsQueue(queue_url=queue_url, region_name=REGION, endpoint_url=endpoint)
+        client = TimedClient(resource.client)
+        claim = store.claims.claim(campaign_id, run_id, lease_seconds)
+        stats = ShardSend(
             claim.message,
-            store,
-            queue,
-            run_id,
+            Lease(store.claims, campaign_id, run_id, lease_seconds),
+            store.audience,
+            batch_queue(resource, client),
             recipients_per_chunk=_config_default("recipients_per_chunk"),
             outcomes_per_write=_config_default("outcomes_per_write"),
-            lease_seconds=lease_seconds,
             max_messages_per_second=cap,
-        )
+        ).run()
         outcomes = _outcomes(database_url, campaign_id)
-        depth = _queue_messages(queue.client, queue_url, outcomes.get("ready_to_send", 0))
+        depth = _queue_messages(resource.client, queue_url, outcomes.get("ready_to_send", 0))
     store.engine.dispose()
-    accepted = queue.accepted
+    accepted = client.accepted
     queued = outcomes.get("ready_to_send", 0)
     checks = {
         "every_recipient_has_an_outcome": queued + outcomes.get("failed", 0) == recipients,

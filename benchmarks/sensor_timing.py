@@ -40,8 +40,8 @@ import dagster as dg
 import sqlalchemy as sa
 from database import CampaignMix, seed_campaign_mix, temporary_database
 
+from campaign_pipeline.defs.sensors import asset_generated_campaigns_sensor
 from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.sensors import asset_generated_campaigns_sensor
 
 
 def evaluate(context: dg.SensorEvaluationContext) -> tuple[float, int]:

@@ -24,7 +24,7 @@ import polars as pl
 from campaign_pipeline.errors import CampaignDefinitionError
 from campaign_pipeline.payloads import CampaignMessage, build_payloads, check_campaign_message
 from campaign_pipeline.privacy import mask_phone_numbers, masked_phone_number
-from campaign_pipeline.resources.campaign_store import CampaignStore, campaign_message
+from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
 from campaign_pipeline.sqs_status import (
     CHECK_CONNECT_TIMEOUT_SECONDS,
@@ -34,6 +34,7 @@ from campaign_pipeline.sqs_status import (
     REGION_VARIABLE,
     error_reason,
 )
+from campaign_pipeline.store.records import campaign_message
 from campaign_pipeline.text import canonical_campaign_id, one_line
 
 if TYPE_CHECKING:
@@ -132,7 +133,7 @@ def load_campaign(store: CampaignStore, campaign_id: str) -> PreviewCampaign:
         campaign_id = canonical_campaign_id(campaign_id)
     except ValueError as error:
         raise PreviewError(str(error)) from None
-    row = store.get_campaign(campaign_id)
+    row = store.campaigns.get(campaign_id)
     if row is None:
         raise PreviewError(f"campaign {campaign_id} does not exist")
     if row["status"] == "cancelled":
@@ -152,7 +153,7 @@ def _built_chunks(
     store: CampaignStore, campaign: PreviewCampaign, max_message_bytes: int, chunk_size: int
 ) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
     """Each chunk of pending recipients with its payloads, in the run's order (by id)."""
-    for chunk in store.iter_pending_recipients(campaign.id, chunk_size):
+    for chunk in store.audience.pending_chunks(campaign.id, chunk_size):
         yield chunk, build_payloads(campaign.message, chunk, max_message_bytes)
 
 

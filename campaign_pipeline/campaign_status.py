@@ -71,7 +71,7 @@ def _progress(
     run = next((run for run in runs if run.sending and run.start_time), None)
     if run is None or run.start_time is None:
         return None
-    handled, last = store.progress_since(campaign_id, run.start_time)
+    handled, last = store.audience.progress_since(campaign_id, run.start_time)
     elapsed = ((last or run.start_time) - run.start_time).total_seconds()
     rate = handled / elapsed if handled and elapsed > 0 else None
     return {
@@ -86,10 +86,10 @@ def campaign_report(
     store: CampaignStore, campaign_id: str, runs: Sequence[RunSummary]
 ) -> dict[str, Any] | None:
     """The `status --json` document, or None when the campaign does not exist."""
-    campaign = store.get_campaign(campaign_id)
+    campaign = store.campaigns.get(campaign_id)
     if campaign is None:
         return None
-    counts = store.count_recipients(campaign_id)
+    counts = store.audience.counts(campaign_id)
     return {
         "id": campaign_id,
         "name": campaign["name"],

@@ -6,23 +6,23 @@ from typing import Any
 import dagster as dg
 from dagster_aws.s3 import S3PickleIOManager, S3Resource
 
-from campaign_pipeline.defs.tags import JOB_NAME
-from campaign_pipeline.jobs import (
+from campaign_pipeline.defs.jobs import (
     CAMPAIGN_EXECUTOR,
     check_sqs_status,
     preview_campaign,
     process_campaign_messages,
 )
-from campaign_pipeline.ops.sqs_status import SQS_QUEUE_ASSET
-from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.resources.sqs_queue import SqsQueue
-from campaign_pipeline.schedules import sqs_status_schedule
-from campaign_pipeline.sensors import (
+from campaign_pipeline.defs.ops.sqs_status import SQS_QUEUE_ASSET
+from campaign_pipeline.defs.schedules import sqs_status_schedule
+from campaign_pipeline.defs.sensors import (
     asset_generated_campaigns_sensor,
     pause_campaign_of_terminated_run,
     record_campaign_run_failure,
     resume_stalled_campaigns_sensor,
 )
+from campaign_pipeline.defs.tags import JOB_NAME
+from campaign_pipeline.resources.campaign_store import CampaignStore
+from campaign_pipeline.resources.sqs_queue import SqsQueue
 
 IO_BUCKET_VARIABLE = "CAMPAIGN_IO_S3_BUCKET"
 

@@ -163,10 +163,10 @@ def seed_demo_campaigns(store: CampaignStore) -> list[str]:
     """Add the sample campaigns, all `asset_generated`, to `store`; returns their ids in order."""
     ids = []
     for campaign, audience in DEMO_CAMPAIGNS:
-        campaign_id = store.add_campaign(
+        campaign_id = store.campaigns.add(
             organization_id=DEMO_ORGANIZATION_ID, status="asset_generated", **campaign
         )
-        store.add_recipients(campaign_id, audience)
+        store.campaigns.add_recipients(campaign_id, audience)
         ids.append(campaign_id)
     return ids
 

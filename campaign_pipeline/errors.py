@@ -11,6 +11,7 @@ CampaignPipelineError
 │   └── CampaignBusy            another run holds its lease
 ├── CampaignControlError        pause, resume, cancel or schedule could not be applied
 │   └── CampaignControlRefused  the command does not apply to the campaign's status
+├── CampaignHeldBack            a guard paused the campaign before it did harm
 ├── SendInterrupted             a send stopped early; the rest stay pending
 ├── IncompleteAnswer            SendMessageBatch left entries out of its answer
 ├── DagsterError                the Dagster webserver refused or failed a request
@@ -72,6 +73,14 @@ class CampaignControlError(CampaignPipelineError):
 
 class CampaignControlRefused(CampaignControlError):
     """The command does not apply to the campaign's status."""
+
+
+class CampaignHeldBack(CampaignPipelineError):
+    """A guard paused the campaign (too many invalid recipients, SQS refusing too many)."""
+
+    def __init__(self, message: str, stats: "SendStats | None" = None) -> None:
+        super().__init__(message)
+        self.stats = stats
 
 
 class SendInterrupted(CampaignPipelineError):

@@ -12,7 +12,8 @@ from typing import Any
 
 import botocore.exceptions
 
-from campaign_pipeline.resources.sqs_queue import GROUP_ID_VARIABLE, SqsQueue
+from campaign_pipeline.resources.sqs_queue import SqsQueue
+from campaign_pipeline.sqs import GROUP_ID_VARIABLE
 from campaign_pipeline.text import one_line
 
 QUEUE_URL_VARIABLE = "AWS_SQS_QUEUE_URL"

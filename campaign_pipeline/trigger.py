@@ -25,8 +25,8 @@ from gql.transport.requests import RequestsHTTPTransport
 
 from campaign_pipeline.campaign_status import RUNS_SHOWN, RunSummary, utc_from_timestamp
 from campaign_pipeline.clock import as_utc
+from campaign_pipeline.defs.jobs import campaign_run_config
 from campaign_pipeline.defs.tags import CAMPAIGN_ID_TAG, JOB_NAME, campaign_tags
-from campaign_pipeline.jobs import campaign_run_config
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.settings import campaign_send_processes
 from campaign_pipeline.text import canonical_campaign_id, one_line
@@ -170,7 +170,7 @@ def check_processable(
     campaign is asked of Dagster (`DagsterWebserver.runs_in_progress`); the claim itself
     still checks the lease.
     """
-    campaign = store.get_campaign(campaign_id)
+    campaign = store.campaigns.get(campaign_id)
     if campaign is None:
         raise CampaignNotFound(f"campaign {campaign_id} does not exist")
     status = campaign["status"]
@@ -181,7 +181,7 @@ def check_processable(
             f"campaign {campaign_id} is {status!r}; only 'asset_generated' campaigns (or "
             "'ready_to_launch' ones with pending recipients, which are resumed) can be processed"
         )
-    pending = store.count_recipients(campaign_id)["pending"]
+    pending = store.audience.counts(campaign_id)["pending"]
     if status == "ready_to_launch" and not pending:
         raise CampaignNotProcessable(
             f"campaign {campaign_id} is 'ready_to_launch' with no pending recipients; "
@@ -438,7 +438,7 @@ def trigger(
         verb = "was canceled" if outcome.status == dg.DagsterRunStatus.CANCELED else "failed"
         err(f"run {run_id} {verb}: {outcome.reason or 'see ' + webserver.run_url(run_id)}")
         return 1
-    counts = store.count_recipients(campaign_id)
+    counts = store.audience.counts(campaign_id)
     out(
         f"run {run_id} succeeded; the campaign {campaign_id}: {counts['ready_to_send']} queued, "
         f"{counts['failed']} failed, {counts['pending']} pending"

@@ -167,9 +167,9 @@ def defaults() -> dict[str, Any]:
     sys.path.insert(0, str(REPO))
     from botocore.retries.quota import RetryQuota
 
-    from campaign_pipeline.dispatch import WRITES_IN_FLIGHT
-    from campaign_pipeline.ops import CampaignConfig
+    from campaign_pipeline.defs.ops import CampaignConfig
     from campaign_pipeline.resources.sqs_queue import DEFAULT_MAX_CONCURRENT_BATCHES, SqsQueue
+    from campaign_pipeline.sending.outcomes import WRITES_IN_FLIGHT
 
     config, queue = CampaignConfig.model_fields, SqsQueue.model_fields
     values = {

@@ -19,14 +19,39 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
+from campaign_pipeline.payloads import CampaignMessage
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
-from campaign_pipeline.schema import metadata
+from campaign_pipeline.sending.lease import Lease
+from campaign_pipeline.sending.shard import BatchQueue, ShardSend
+from campaign_pipeline.sending.stats import SendStats
+from campaign_pipeline.sending.stop import StopSignal
+from campaign_pipeline.store.schema import metadata
 
 REGION = "us-east-1"
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+
+
+def send_shard(
+    store: CampaignStore,
+    queue: SqsQueue | BatchQueue,
+    message: CampaignMessage,
+    run_id: str = "run-1",
+    *,
+    lease_seconds: float = 60.0,
+    stop: StopSignal | None = None,
+    **options: object,
+) -> SendStats:
+    """`ShardSend` of every pending recipient for `run_id`, which must hold the campaign.
+
+    `queue` is an `SqsQueue` resource or any `BatchQueue`; `options` are ShardSend's fields.
+    """
+    batch_queue = queue.batch_queue() if isinstance(queue, SqsQueue) else queue
+    lease = Lease(store.claims, message.campaign_id, run_id, lease_seconds)
+    send = ShardSend(message, lease, store.audience, batch_queue, **options)  # type: ignore[arg-type]
+    return send.run(stop)
 
 
 def free_port() -> int:

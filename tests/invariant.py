@@ -32,7 +32,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.schema import campaign_audience
+from campaign_pipeline.store.schema import campaign_audience
 from tests.test_payloads import payload_validator
 
 # What SQS accepts in a message body (W3C XML characters); anything else it rejects.

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from campaign_pipeline.demo import DEMO_CAMPAIGNS, port_is_open
 from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.schema import campaign_audience
+from campaign_pipeline.store.schema import campaign_audience
 from tests.conftest import assert_one_line_error, drain, free_port, run_cli
 
 ORGANIZATION_ID = "123e4567-e89b-12d3-a456-426614174000"
@@ -59,14 +59,14 @@ def queue_env(
 
 
 def add_text_campaign(store: CampaignStore, phones: list[str], message_type: str = "text") -> str:
-    campaign_id = store.add_campaign(
+    campaign_id = store.campaigns.add(
         organization_id=ORGANIZATION_ID,
         name="CLI test",
         status="asset_generated",
         message_type=message_type,
         message_content="Hello {{name}}!",
     )
-    store.add_recipients(
+    store.campaigns.add_recipients(
         campaign_id, [{"phone_number": phone, "name": f"R{i}"} for i, phone in enumerate(phones)]
     )
     return campaign_id
@@ -91,7 +91,7 @@ def test_init_db_twice_creates_the_schema_and_keeps_its_data(
 
     assert second.returncode == 0, second.stderr
     assert second.stdout == first.stdout
-    assert store.get_campaign(campaign_id) is not None
+    assert store.campaigns.get(campaign_id) is not None
     store.engine.dispose()
 
 
@@ -144,7 +144,7 @@ def test_process_queues_a_sqlite_campaign_and_records_the_run(
         result.stdout,
     )
     assert summary, result.stdout
-    assert sqlite_store.count_recipients(campaign_id) == {
+    assert sqlite_store.audience.counts(campaign_id) == {
         "pending": 0,
         "ready_to_send": 6,
         "failed": 2,
@@ -192,7 +192,7 @@ def test_process_accounts_for_every_recipient_on_postgresql(
     sqs_config = run.run_config["resources"]["sqs_queue"]["config"]
     assert sqs_config["max_concurrent_batches"] == 2
     assert sqs_config["queue_url"] == {"env": "AWS_SQS_QUEUE_URL"}
-    assert postgres_store.count_recipients(campaign_id) == {
+    assert postgres_store.audience.counts(campaign_id) == {
         "pending": 0,
         "ready_to_send": 280,
         "failed": 20,
@@ -213,7 +213,7 @@ def test_process_reports_a_failed_run_on_one_line(
 
     line = assert_one_line_error(result, "failed in step claim_campaign", "'fax'", status=1)
     assert line.startswith("campaign-pipeline: run ")
-    assert sqlite_store.get_campaign(campaign_id)["status"] == "failed"
+    assert sqlite_store.campaigns.get(campaign_id)["status"] == "failed"
 
 
 def test_process_rejects_a_malformed_campaign_id(cli_env: dict[str, str], tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from campaign_pipeline.clock import as_utc
+from campaign_pipeline.defs.sensors import asset_generated_campaigns_sensor
 from campaign_pipeline.errors import (
     CampaignControlError,
     CampaignControlRefused,
@@ -30,9 +31,9 @@ from campaign_pipeline.errors import (
     CampaignScheduled,
     CampaignStopped,
 )
-from campaign_pipeline.resources.campaign_store import CampaignStore, Outcomes
-from campaign_pipeline.schema import CAMPAIGN_STATUSES
-from campaign_pipeline.sensors import asset_generated_campaigns_sensor
+from campaign_pipeline.resources.campaign_store import CampaignStore
+from campaign_pipeline.store.records import Outcomes
+from campaign_pipeline.store.schema import CAMPAIGN_STATUSES
 from tests.conftest import POSTGRES_ADMIN_URL
 
 ORGANIZATION_ID = "123e4567-e89b-12d3-a456-426614174000"
@@ -53,7 +54,7 @@ NEW_INDEXES = ("ix_campaigns_status_send_at", "ix_campaigns_resumed_at")
 def add_campaign(
     store: CampaignStore, status: str = "asset_generated", recipients: int = 2, **fields: Any
 ) -> str:
-    campaign_id = store.add_campaign(
+    campaign_id = store.campaigns.add(
         organization_id=ORGANIZATION_ID,
         name=fields.pop("name", "control test"),
         status=status,
@@ -61,7 +62,7 @@ def add_campaign(
         message_content="Hello {{name}}",
         **fields,
     )
-    store.add_recipients(
+    store.campaigns.add_recipients(
         campaign_id,
         [{"phone_number": f"+1555{i:07d}", "name": f"R{i}"} for i in range(recipients)],
     )
@@ -69,13 +70,13 @@ def add_campaign(
 
 
 def row(store: CampaignStore, campaign_id: str) -> dict[str, Any]:
-    campaign = store.get_campaign(campaign_id)
+    campaign = store.campaigns.get(campaign_id)
     assert campaign is not None
     return campaign
 
 
 def recipient_ids(store: CampaignStore, campaign_id: str) -> list[str]:
-    chunk = next(store.iter_pending_recipients(campaign_id, 10_000))
+    chunk = next(store.audience.pending_chunks(campaign_id, 10_000))
     return sorted(chunk["id"].to_list())
 
 
@@ -83,11 +84,11 @@ def handle_a_recipient(store: CampaignStore, campaign_id: str, run_id: str) -> N
     """Record an outcome (failed) for one recipient, as the run holding the campaign would."""
     outcomes = Outcomes()
     outcomes.add_failed(recipient_ids(store, campaign_id)[:1], ["bad number"])
-    store.record_outcomes(campaign_id, run_id, outcomes, lease_seconds=60)
+    store.audience.record_outcomes(campaign_id, run_id, outcomes, lease_seconds=60)
 
 
 def to_process(store: CampaignStore) -> set[str]:
-    return {campaign.id for campaign in store.campaigns_to_process(100)}
+    return {campaign.id for campaign in store.sweeps.campaigns_to_process(100)}
 
 
 def evaluate(store: CampaignStore) -> dg.SensorResult | dg.SkipReason:
@@ -112,7 +113,7 @@ def test_pause_records_who_and_when_and_bumps_the_version(
     """A pause moves the campaign to paused, bumps its version once and says who did it."""
     campaign_id = add_campaign(store, status=status, version=3)
     before = datetime.now(UTC)
-    result = store.control(campaign_id, "pause", ACTOR)
+    result = store.control.apply(campaign_id, "pause", ACTOR)
     campaign = row(store, campaign_id)
     assert (result.before, result.after, result.changed) == (status, "paused", True)
     assert campaign_id in result.message and "paused" in result.message
@@ -129,9 +130,9 @@ def test_pause_records_who_and_when_and_bumps_the_version(
 def test_pause_of_a_paused_campaign_changes_nothing(store: CampaignStore) -> None:
     """A second pause is no error and keeps the first pause's actor, time and version."""
     campaign_id = add_campaign(store)
-    store.control(campaign_id, "pause", "first")
+    store.control.apply(campaign_id, "pause", "first")
     first = row(store, campaign_id)
-    result = store.control(campaign_id, "pause", "second")
+    result = store.control.apply(campaign_id, "pause", "second")
     assert (result.before, result.after, result.changed) == ("paused", "paused", False)
     assert "already paused" in result.message
     again = row(store, campaign_id)
@@ -145,8 +146,8 @@ def test_pause_of_a_paused_campaign_changes_nothing(store: CampaignStore) -> Non
 def test_pause_reports_the_run_holding_the_lease(store: CampaignStore) -> None:
     """Pausing a campaign a run is sending names that run, for the operator to watch it stop."""
     campaign_id = add_campaign(store)
-    store.claim(campaign_id, "run-1", lease_seconds=60)
-    assert store.control(campaign_id, "pause", ACTOR).lease_run_id == "run-1"
+    store.claims.claim(campaign_id, "run-1", lease_seconds=60)
+    assert store.control.apply(campaign_id, "pause", ACTOR).lease_run_id == "run-1"
     # The run keeps its lease until it stops and releases it itself.
     assert row(store, campaign_id)["lease_run_id"] == "run-1"
 
@@ -154,9 +155,9 @@ def test_pause_reports_the_run_holding_the_lease(store: CampaignStore) -> None:
 def test_resume_with_nothing_handled_starts_over(store: CampaignStore) -> None:
     """No outcome and no live lease: resume goes back to asset_generated for a fresh claim."""
     campaign_id = add_campaign(store, resume_attempts=2)
-    store.control(campaign_id, "pause", "first")
+    store.control.apply(campaign_id, "pause", "first")
     before = datetime.now(UTC)
-    result = store.control(campaign_id, "resume", ACTOR)
+    result = store.control.apply(campaign_id, "resume", ACTOR)
     campaign = row(store, campaign_id)
     assert (result.before, result.after, result.changed) == ("paused", "asset_generated", True)
     assert (campaign["status"], campaign["version"]) == ("asset_generated", 2)
@@ -172,10 +173,10 @@ def test_resume_of_a_claimed_campaign_whose_lease_expired_starts_over(
 ) -> None:
     """A claim that sent nothing and whose lease ran out counts as nothing handled."""
     campaign_id = add_campaign(store)
-    store.claim(campaign_id, "run-1", lease_seconds=0.01)
+    store.claims.claim(campaign_id, "run-1", lease_seconds=0.01)
     time.sleep(0.05)
-    store.control(campaign_id, "pause", ACTOR)
-    assert store.control(campaign_id, "resume", ACTOR).after == "asset_generated"
+    store.control.apply(campaign_id, "pause", ACTOR)
+    assert store.control.apply(campaign_id, "resume", ACTOR).after == "asset_generated"
 
 
 @pytest.mark.parametrize("outcome", ["ready_to_send", "failed"])
@@ -184,18 +185,18 @@ def test_resume_after_an_outcome_continues_as_ready_to_launch(
 ) -> None:
     """A recipient with an outcome: resume continues as ready_to_launch with resumed_at set."""
     campaign_id = add_campaign(store)
-    store.claim(campaign_id, "run-1", lease_seconds=60)
+    store.claims.claim(campaign_id, "run-1", lease_seconds=60)
     first = recipient_ids(store, campaign_id)[0]
     outcomes = Outcomes()
     if outcome == "ready_to_send":
         outcomes.add_sent([first], ["m-1"])
     else:
         outcomes.add_failed([first], ["bad number"])
-    store.record_outcomes(campaign_id, "run-1", outcomes, 60)
-    store.release(campaign_id, "run-1")
-    store.control(campaign_id, "pause", ACTOR)
+    store.audience.record_outcomes(campaign_id, "run-1", outcomes, 60)
+    store.claims.release(campaign_id, "run-1")
+    store.control.apply(campaign_id, "pause", ACTOR)
     before = datetime.now(UTC)
-    result = store.control(campaign_id, "resume", ACTOR)
+    result = store.control.apply(campaign_id, "resume", ACTOR)
     campaign = row(store, campaign_id)
     assert result.after == campaign["status"] == "ready_to_launch"
     assert_recent(campaign["resumed_at"], before)
@@ -205,13 +206,13 @@ def test_resume_after_an_outcome_continues_as_ready_to_launch(
 def test_resume_while_a_run_holds_a_live_lease_continues(store: CampaignStore) -> None:
     """A run still holding its lease may be recording outcomes: resume keeps ready_to_launch."""
     campaign_id = add_campaign(store)
-    store.claim(campaign_id, "run-1", lease_seconds=60)
-    store.control(campaign_id, "pause", ACTOR)
-    result = store.control(campaign_id, "resume", ACTOR)
+    store.claims.claim(campaign_id, "run-1", lease_seconds=60)
+    store.control.apply(campaign_id, "pause", ACTOR)
+    result = store.control.apply(campaign_id, "resume", ACTOR)
     assert (result.after, result.lease_run_id) == ("ready_to_launch", "run-1")
     # Not started again while that run holds it; once it lets go, the sensor starts it.
     assert campaign_id not in to_process(store)
-    store.release(campaign_id, "run-1")
+    store.claims.release(campaign_id, "run-1")
     assert campaign_id in to_process(store)
 
 
@@ -223,7 +224,7 @@ def test_cancel_from_any_status(store: CampaignStore, status: str) -> None:
     """Every status but cancelled can be cancelled; who and when are recorded."""
     campaign_id = add_campaign(store, status=status)
     before = datetime.now(UTC)
-    result = store.control(campaign_id, "cancel", ACTOR)
+    result = store.control.apply(campaign_id, "cancel", ACTOR)
     campaign = row(store, campaign_id)
     assert (result.before, result.after, result.changed) == (status, "cancelled", True)
     assert (campaign["status"], campaign["version"], campaign["cancelled_by"]) == (
@@ -238,13 +239,13 @@ def test_cancel_from_any_status(store: CampaignStore, status: str) -> None:
 def test_cancel_clears_a_resume(store: CampaignStore) -> None:
     """A resumed campaign that is cancelled is no longer handed to the processing sensor."""
     campaign_id = add_campaign(store)
-    store.claim(campaign_id, "run-1", lease_seconds=60)
+    store.claims.claim(campaign_id, "run-1", lease_seconds=60)
     handle_a_recipient(store, campaign_id, "run-1")
-    store.release(campaign_id, "run-1")
-    store.control(campaign_id, "pause", ACTOR)
-    assert store.control(campaign_id, "resume", ACTOR).after == "ready_to_launch"
+    store.claims.release(campaign_id, "run-1")
+    store.control.apply(campaign_id, "pause", ACTOR)
+    assert store.control.apply(campaign_id, "resume", ACTOR).after == "ready_to_launch"
     assert campaign_id in to_process(store)
-    store.control(campaign_id, "cancel", ACTOR)
+    store.control.apply(campaign_id, "cancel", ACTOR)
     assert row(store, campaign_id)["resumed_at"] is None
     assert campaign_id not in to_process(store)
 
@@ -252,8 +253,8 @@ def test_cancel_clears_a_resume(store: CampaignStore) -> None:
 def test_cancel_of_a_cancelled_campaign_changes_nothing(store: CampaignStore) -> None:
     """A second cancel is no error and keeps the first one's actor and version."""
     campaign_id = add_campaign(store)
-    store.control(campaign_id, "cancel", "first")
-    result = store.control(campaign_id, "cancel", "second")
+    store.control.apply(campaign_id, "cancel", "first")
+    result = store.control.apply(campaign_id, "cancel", "second")
     assert (result.after, result.changed) == ("cancelled", False)
     assert "already cancelled" in result.message
     campaign = row(store, campaign_id)
@@ -281,7 +282,7 @@ def test_refused_commands_raise_one_line_naming_campaign_and_status(
     """A command that does not apply raises CampaignControlRefused and changes nothing."""
     campaign_id = add_campaign(store, status=status)
     with pytest.raises(CampaignControlRefused) as refused:
-        store.control(campaign_id, command, ACTOR)  # type: ignore[arg-type]
+        store.control.apply(campaign_id, command, ACTOR)  # type: ignore[arg-type]
     message = str(refused.value)
     assert "\n" not in message
     assert campaign_id in message and repr(status) in message
@@ -295,9 +296,9 @@ def test_unknown_campaign_is_reported(store: CampaignStore, command: str) -> Non
     """A command for an id no campaign has raises CampaignNotFound naming the id."""
     with pytest.raises(CampaignNotFound, match=UNKNOWN_ID):
         if command == "schedule":
-            store.schedule(UNKNOWN_ID, datetime.now(UTC), ACTOR)
+            store.control.schedule(UNKNOWN_ID, datetime.now(UTC), ACTOR)
         else:
-            store.control(UNKNOWN_ID, command, ACTOR)  # type: ignore[arg-type]
+            store.control.apply(UNKNOWN_ID, command, ACTOR)  # type: ignore[arg-type]
 
 
 # The claim
@@ -311,12 +312,12 @@ def test_claim_refuses_a_stopped_campaign(
     """A paused or cancelled campaign is not claimed (CampaignStopped names who stopped it)."""
     campaign_id = add_campaign(store)
     if claimed_before:
-        store.claim(campaign_id, "run-1", lease_seconds=60)
-        store.release(campaign_id, "run-1")
-    store.control(campaign_id, command, ACTOR)  # type: ignore[arg-type]
+        store.claims.claim(campaign_id, "run-1", lease_seconds=60)
+        store.claims.release(campaign_id, "run-1")
+    store.control.apply(campaign_id, command, ACTOR)  # type: ignore[arg-type]
     version = row(store, campaign_id)["version"]
     with pytest.raises(CampaignStopped) as stopped:
-        store.claim(campaign_id, "run-2", lease_seconds=60)
+        store.claims.claim(campaign_id, "run-2", lease_seconds=60)
     status = "paused" if command == "pause" else "cancelled"
     assert f"is {status} (by {ACTOR} at " in str(stopped.value)
     assert "\n" not in str(stopped.value)
@@ -333,9 +334,9 @@ def test_a_stopped_campaign_is_not_processable_to_older_callers(
 ) -> None:
     """CampaignStopped is a CampaignNotProcessable, which callers caught before it existed."""
     campaign_id = add_campaign(store)
-    store.control(campaign_id, "pause", ACTOR)
+    store.control.apply(campaign_id, "pause", ACTOR)
     with pytest.raises(CampaignNotProcessable):
-        store.claim(campaign_id, "run-1", lease_seconds=60)
+        store.claims.claim(campaign_id, "run-1", lease_seconds=60)
 
 
 def test_claim_waits_for_send_at_unless_sent_now(store: CampaignStore) -> None:
@@ -343,13 +344,13 @@ def test_claim_waits_for_send_at_unless_sent_now(store: CampaignStore) -> None:
     send_at = (datetime.now(UTC) + timedelta(hours=2)).replace(microsecond=0)
     campaign_id = add_campaign(store, send_at=send_at)
     with pytest.raises(CampaignScheduled) as scheduled:
-        store.claim(campaign_id, "run-1", lease_seconds=60)
+        store.claims.claim(campaign_id, "run-1", lease_seconds=60)
     assert f"{send_at:%Y-%m-%d %H:%M:%S} UTC" in str(scheduled.value)
     assert (row(store, campaign_id)["status"], row(store, campaign_id)["version"]) == (
         "asset_generated",
         0,
     )
-    claim = store.claim(campaign_id, "run-1", lease_seconds=60, send_now=True)
+    claim = store.claims.claim(campaign_id, "run-1", lease_seconds=60, send_now=True)
     assert not claim.resumed
     assert row(store, campaign_id)["status"] == "ready_to_launch"
 
@@ -357,19 +358,19 @@ def test_claim_waits_for_send_at_unless_sent_now(store: CampaignStore) -> None:
 def test_claim_of_a_campaign_whose_send_at_has_come(store: CampaignStore) -> None:
     """A send_at in the past is due: the claim takes the campaign."""
     campaign_id = add_campaign(store, send_at=datetime.now(UTC) - timedelta(seconds=1))
-    store.claim(campaign_id, "run-1", lease_seconds=60)
+    store.claims.claim(campaign_id, "run-1", lease_seconds=60)
     assert row(store, campaign_id)["lease_run_id"] == "run-1"
 
 
 def test_claim_of_a_resumed_campaign_clears_resumed_at(store: CampaignStore) -> None:
     """The claim takes a resumed ready_to_launch campaign back from the processing sensor."""
     campaign_id = add_campaign(store)
-    store.claim(campaign_id, "run-1", lease_seconds=60)
-    store.control(campaign_id, "pause", ACTOR)
-    store.control(campaign_id, "resume", ACTOR)
-    store.release(campaign_id, "run-1")
+    store.claims.claim(campaign_id, "run-1", lease_seconds=60)
+    store.control.apply(campaign_id, "pause", ACTOR)
+    store.control.apply(campaign_id, "resume", ACTOR)
+    store.claims.release(campaign_id, "run-1")
     assert campaign_id in to_process(store)
-    assert store.claim(campaign_id, "run-2", lease_seconds=60).resumed
+    assert store.claims.claim(campaign_id, "run-2", lease_seconds=60).resumed
     campaign = row(store, campaign_id)
     assert (campaign["resumed_at"], campaign["lease_run_id"]) == (None, "run-2")
     assert campaign_id not in to_process(store)
@@ -385,13 +386,13 @@ def test_campaigns_to_process_respects_send_at_and_stops(store: CampaignStore) -
     due = add_campaign(store, send_at=now - timedelta(minutes=1))
     future = add_campaign(store, send_at=now + timedelta(hours=1))
     paused = add_campaign(store)
-    store.control(paused, "pause", ACTOR)
+    store.control.apply(paused, "pause", ACTOR)
     cancelled = add_campaign(store)
-    store.control(cancelled, "cancel", ACTOR)
+    store.control.apply(cancelled, "cancel", ACTOR)
     # Claimed and left by a crashed run: the recovery sensor's, not this one's.
     stalled = add_campaign(store)
-    store.claim(stalled, "run-1", lease_seconds=60)
-    store.release(stalled, "run-1")
+    store.claims.claim(stalled, "run-1", lease_seconds=60)
+    store.claims.release(stalled, "run-1")
     listed = to_process(store)
     assert listed == {unscheduled, due}
     assert not {future, paused, cancelled, stalled} & listed
@@ -402,28 +403,28 @@ def test_campaigns_to_process_lists_resumed_ones_once_their_lease_is_free(
 ) -> None:
     """A resumed ready_to_launch campaign is listed once no run holds a live lease on it."""
     campaign_id = add_campaign(store)
-    store.claim(campaign_id, "run-1", lease_seconds=1.0)
-    store.control(campaign_id, "pause", ACTOR)
+    store.claims.claim(campaign_id, "run-1", lease_seconds=1.0)
+    store.control.apply(campaign_id, "pause", ACTOR)
     # The lease is live: the run may still be recording outcomes.
-    assert store.control(campaign_id, "resume", ACTOR).after == "ready_to_launch"
+    assert store.control.apply(campaign_id, "resume", ACTOR).after == "ready_to_launch"
     assert campaign_id not in to_process(store)
     expires = as_utc(row(store, campaign_id)["lease_expires_at"])
     time.sleep(max(0.0, (expires - datetime.now(UTC)).total_seconds()) + 0.05)
-    (listed,) = store.campaigns_to_process(10)
+    (listed,) = store.sweeps.campaigns_to_process(10)
     assert (listed.id, listed.version, listed.name) == (campaign_id, 3, "control test")
 
 
 def test_next_scheduled_is_the_earliest_future_send_at(store: CampaignStore) -> None:
     """next_scheduled names the asset_generated campaign whose send_at comes next, else None."""
-    assert store.next_scheduled() is None
+    assert store.sweeps.next_scheduled() is None
     now = datetime.now(UTC).replace(microsecond=0)
     add_campaign(store, send_at=now - timedelta(minutes=5))
-    assert store.next_scheduled() is None
+    assert store.sweeps.next_scheduled() is None
     later = add_campaign(store, name="later", send_at=now + timedelta(hours=3))
     sooner = add_campaign(store, name="sooner", send_at=now + timedelta(hours=1))
     paused = add_campaign(store, send_at=now + timedelta(minutes=1))
-    store.control(paused, "pause", ACTOR)
-    scheduled = store.next_scheduled()
+    store.control.apply(paused, "pause", ACTOR)
+    scheduled = store.sweeps.next_scheduled()
     assert scheduled is not None
     assert (scheduled.id, scheduled.name, scheduled.send_at) == (
         sooner,
@@ -431,8 +432,8 @@ def test_next_scheduled_is_the_earliest_future_send_at(store: CampaignStore) -> 
         now + timedelta(hours=1),
     )
     assert scheduled.send_at.tzinfo is not None
-    store.control(sooner, "cancel", ACTOR)
-    assert store.next_scheduled().id == later
+    store.control.apply(sooner, "cancel", ACTOR)
+    assert store.sweeps.next_scheduled().id == later
 
 
 def test_sensor_skip_names_the_next_scheduled_campaign(store: CampaignStore) -> None:
@@ -451,12 +452,12 @@ def test_sensor_starts_a_resumed_campaign_under_a_new_run_key(store: CampaignSto
     """A resumed campaign gets a run keyed by its new version, so it is not taken as a rerun."""
     campaign_id = add_campaign(store)
     (first,) = evaluate(store).run_requests
-    store.claim(campaign_id, "run-1", lease_seconds=60)
+    store.claims.claim(campaign_id, "run-1", lease_seconds=60)
     handle_a_recipient(store, campaign_id, "run-1")
-    store.control(campaign_id, "pause", ACTOR)
-    store.finish(campaign_id, "run-1")
+    store.control.apply(campaign_id, "pause", ACTOR)
+    store.claims.finish(campaign_id, "run-1")
     assert isinstance(evaluate(store), dg.SkipReason)
-    store.control(campaign_id, "resume", ACTOR)
+    store.control.apply(campaign_id, "resume", ACTOR)
     (second,) = evaluate(store).run_requests
     assert second.run_key == f"{campaign_id}:v{row(store, campaign_id)['version']}"
     assert second.run_key != first.run_key
@@ -471,7 +472,7 @@ def test_schedule_sets_and_clears_send_at(store: CampaignStore, status: str) -> 
     """A campaign not started yet can be scheduled and unscheduled; each bumps the version."""
     campaign_id = add_campaign(store, status=status)
     send_at = (datetime.now(UTC) + timedelta(days=1)).replace(microsecond=0)
-    result = store.schedule(campaign_id, send_at, ACTOR)
+    result = store.control.schedule(campaign_id, send_at, ACTOR)
     assert (result.before, result.after, result.changed) == (status, status, True)
     assert f"{send_at:%Y-%m-%d %H:%M:%S} UTC" in result.message
     campaign = row(store, campaign_id)
@@ -480,7 +481,7 @@ def test_schedule_sets_and_clears_send_at(store: CampaignStore, status: str) -> 
         1,
         status,
     )
-    cleared = store.schedule(campaign_id, None, ACTOR)
+    cleared = store.control.schedule(campaign_id, None, ACTOR)
     assert "at once" in cleared.message
     assert (row(store, campaign_id)["send_at"], row(store, campaign_id)["version"]) == (None, 2)
 
@@ -488,12 +489,12 @@ def test_schedule_sets_and_clears_send_at(store: CampaignStore, status: str) -> 
 def test_scheduling_holds_a_waiting_campaign_back_until_cleared(store: CampaignStore) -> None:
     """A campaign scheduled for later is not processed; cleared, it is due again."""
     campaign_id = add_campaign(store)
-    store.schedule(campaign_id, datetime.now(UTC) + timedelta(hours=1), ACTOR)
+    store.control.schedule(campaign_id, datetime.now(UTC) + timedelta(hours=1), ACTOR)
     assert campaign_id not in to_process(store)
-    assert store.next_scheduled().id == campaign_id
-    store.schedule(campaign_id, None, ACTOR)
+    assert store.sweeps.next_scheduled().id == campaign_id
+    store.control.schedule(campaign_id, None, ACTOR)
     assert campaign_id in to_process(store)
-    assert store.next_scheduled() is None
+    assert store.sweeps.next_scheduled() is None
 
 
 @pytest.mark.parametrize("status", ["ready_to_launch", "cancelled", "failed"])
@@ -501,7 +502,7 @@ def test_schedule_refuses_a_started_or_final_campaign(store: CampaignStore, stat
     """Once started, cancelled or failed a campaign cannot be scheduled; nothing changes."""
     campaign_id = add_campaign(store, status=status)
     with pytest.raises(CampaignControlRefused) as refused:
-        store.schedule(campaign_id, datetime.now(UTC) + timedelta(hours=1), ACTOR)
+        store.control.schedule(campaign_id, datetime.now(UTC) + timedelta(hours=1), ACTOR)
     assert campaign_id in str(refused.value) and repr(status) in str(refused.value)
     assert (row(store, campaign_id)["send_at"], row(store, campaign_id)["version"]) == (None, 0)
 
@@ -509,30 +510,30 @@ def test_schedule_refuses_a_started_or_final_campaign(store: CampaignStore, stat
 def test_a_scheduled_paused_campaign_resumes_at_its_time(store: CampaignStore) -> None:
     """Paused before it started, scheduled, resumed: it waits for its send_at again."""
     campaign_id = add_campaign(store)
-    store.control(campaign_id, "pause", ACTOR)
-    store.schedule(campaign_id, datetime.now(UTC) + timedelta(hours=1), ACTOR)
-    assert store.control(campaign_id, "resume", ACTOR).after == "asset_generated"
+    store.control.apply(campaign_id, "pause", ACTOR)
+    store.control.schedule(campaign_id, datetime.now(UTC) + timedelta(hours=1), ACTOR)
+    assert store.control.apply(campaign_id, "resume", ACTOR).after == "asset_generated"
     assert campaign_id not in to_process(store)
-    assert store.next_scheduled().id == campaign_id
+    assert store.sweeps.next_scheduled().id == campaign_id
 
 
 def test_a_started_campaign_is_not_scheduled_for_nothing(store: CampaignStore) -> None:
     """Schedule on a paused campaign that had started is refused: its resume continues it."""
     campaign_id = add_campaign(store)
-    store.claim(campaign_id, "run-1", lease_seconds=60)
+    store.claims.claim(campaign_id, "run-1", lease_seconds=60)
     handle_a_recipient(store, campaign_id, "run-1")
-    store.release(campaign_id, "run-1")
-    store.control(campaign_id, "pause", ACTOR)
+    store.claims.release(campaign_id, "run-1")
+    store.control.apply(campaign_id, "pause", ACTOR)
     with pytest.raises(CampaignControlRefused, match="after it started sending"):
-        store.schedule(campaign_id, datetime.now(UTC) + timedelta(hours=1), ACTOR)
+        store.control.schedule(campaign_id, datetime.now(UTC) + timedelta(hours=1), ACTOR)
 
 
 def test_schedule_keeps_the_instant_of_a_time_in_another_zone(store: CampaignStore) -> None:
     """12:00 at UTC+02:00 is 10:00 UTC: stored, listed and reported as that instant."""
     campaign_id = add_campaign(store)
     send_at = datetime(2031, 1, 1, 12, 0, tzinfo=timezone(timedelta(hours=2)))
-    result = store.schedule(campaign_id, send_at, ACTOR)
-    scheduled = store.next_scheduled()
+    result = store.control.schedule(campaign_id, send_at, ACTOR)
+    scheduled = store.sweeps.next_scheduled()
     assert scheduled is not None and scheduled.send_at == send_at
     assert "2031-01-01 10:00:00 UTC" in result.message
 
@@ -661,16 +662,16 @@ def test_create_schema_upgrades_an_old_database_in_place(empty_database_url: str
             7,
         )
         assert all(campaign[column] is None for column in NEW_COLUMNS)
-        assert store.count_recipients(campaign_id)["pending"] == 3
+        assert store.audience.counts(campaign_id)["pending"] == 3
         # The upgraded database works with the new commands.
         assert campaign_id in to_process(store)
-        store.control(campaign_id, "pause", ACTOR)
-        store.control(campaign_id, "resume", ACTOR)
-        store.schedule(campaign_id, datetime.now(UTC) + timedelta(hours=1), ACTOR)
-        assert store.next_scheduled().id == campaign_id
+        store.control.apply(campaign_id, "pause", ACTOR)
+        store.control.apply(campaign_id, "resume", ACTOR)
+        store.control.schedule(campaign_id, datetime.now(UTC) + timedelta(hours=1), ACTOR)
+        assert store.sweeps.next_scheduled().id == campaign_id
         with pytest.raises(CampaignScheduled):
-            store.claim(campaign_id, "run-1", lease_seconds=60)
-        assert store.claim(campaign_id, "run-1", lease_seconds=60, send_now=True).counts == {
+            store.claims.claim(campaign_id, "run-1", lease_seconds=60)
+        assert store.claims.claim(campaign_id, "run-1", lease_seconds=60, send_now=True).counts == {
             "pending": 3,
             "ready_to_send": 0,
             "failed": 0,
@@ -706,9 +707,9 @@ def race_round(
             barrier.wait(timeout=30)
             try:
                 if operation == "claim":
-                    outcome: Any = store.claim(campaign_id, f"run-{thread}-{step}", 60)
+                    outcome: Any = store.claims.claim(campaign_id, f"run-{thread}-{step}", 60)
                 else:
-                    outcome = store.control(campaign_id, operation, ACTOR)  # type: ignore[arg-type]
+                    outcome = store.control.apply(campaign_id, operation, ACTOR)  # type: ignore[arg-type]
             except DOCUMENTED as error:
                 outcome = error
             except Exception as error:  # what the test is looking for
@@ -746,10 +747,10 @@ def test_racing_commands_and_claims_stay_consistent(
     for seed in range(RACE_ROUNDS):
         campaign_id = add_campaign(store)
         if start == "paused":
-            store.control(campaign_id, "pause", "setup")
+            store.control.apply(campaign_id, "pause", "setup")
         elif start == "ready_to_launch":
-            store.claim(campaign_id, "setup-run", lease_seconds=60)
-            store.release(campaign_id, "setup-run")
+            store.claims.claim(campaign_id, "setup-run", lease_seconds=60)
+            store.claims.release(campaign_id, "setup-run")
         initial = row(store, campaign_id)["version"]
         cancel = seed % 2 == 0
         done, surprises = race_round(store, campaign_id, race_operations(seed, cancel))

@@ -7,7 +7,7 @@ import sys
 import dagster as dg
 
 from campaign_pipeline.definitions import defs
-from campaign_pipeline.sensors import asset_generated_campaigns_sensor
+from campaign_pipeline.defs.sensors import asset_generated_campaigns_sensor
 
 
 def test_definitions_load() -> None:
@@ -25,7 +25,7 @@ def test_sensor_runs_by_default_every_30_seconds() -> None:
 def test_sensor_interval_comes_from_campaign_processing_interval() -> None:
     """CAMPAIGN_PROCESSING_INTERVAL (milliseconds) sets the sensor's interval (seconds)."""
     code = (
-        "from campaign_pipeline.sensors import asset_generated_campaigns_sensor as s;"
+        "from campaign_pipeline.defs.sensors import asset_generated_campaigns_sensor as s;"
         "print(s.minimum_interval_seconds)"
     )
     env = os.environ | {"CAMPAIGN_PROCESSING_INTERVAL": "5000"}

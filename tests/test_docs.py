@@ -25,7 +25,7 @@ import sqlalchemy as sa
 
 from campaign_pipeline.cli import build_parser
 from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.schema import campaign_audience, campaigns
+from campaign_pipeline.store.schema import campaign_audience, campaigns
 from tests.conftest import drain
 
 ROOT = Path(__file__).resolve().parent.parent

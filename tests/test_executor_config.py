@@ -14,9 +14,9 @@ from pathlib import Path
 import boto3
 import pytest
 
+from campaign_pipeline.defs.jobs import campaign_run_config
+from campaign_pipeline.defs.ops.process_campaign import send_steps_at_once
 from campaign_pipeline.errors import SettingsError
-from campaign_pipeline.jobs import campaign_run_config
-from campaign_pipeline.ops.process_campaign import send_steps_at_once
 from campaign_pipeline.settings import campaign_executor
 from tests.conftest import REGION, assert_one_line_error
 
@@ -123,13 +123,13 @@ def test_code_location_under_celery(bucket: str, io_manager: str) -> None:
 RUN_WITH_S3 = """
 import json, sys
 from campaign_pipeline.definitions import defs
-from campaign_pipeline.jobs import campaign_run_config
+from campaign_pipeline.defs.jobs import campaign_run_config
 from campaign_pipeline.resources.campaign_store import CampaignStore
 store = CampaignStore()
 store.create_schema()
-campaign_id = store.add_campaign(organization_id="org", name="s3", status="asset_generated",
+campaign_id = store.campaigns.add(organization_id="org", name="s3", status="asset_generated",
     message_type="text", message_content="Hi {{name}}")
-store.add_recipients(campaign_id, [{"phone_number": "+15550000001", "name": "A"}])
+store.campaigns.add_recipients(campaign_id, [{"phone_number": "+15550000001", "name": "A"}])
 result = defs.get_job_def("process_campaign_messages").execute_in_process(
     run_config=campaign_run_config(campaign_id, 1), raise_on_error=False)
 print(json.dumps({"success": result.success, "run_id": result.run_id}))

@@ -33,16 +33,17 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from campaign_pipeline.defs.tags import campaign_tags
-from campaign_pipeline.dispatch import WRITES_IN_FLIGHT, SendStats, merge_stats
-from campaign_pipeline.jobs import campaign_run_config, process_campaign_messages
-from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.resources.sqs_queue import SqsQueue
-from campaign_pipeline.schema import campaign_audience
-from campaign_pipeline.sensors import (
+from campaign_pipeline.defs.jobs import campaign_run_config, process_campaign_messages
+from campaign_pipeline.defs.sensors import (
     asset_generated_campaigns_sensor,
     resume_stalled_campaigns_sensor,
 )
+from campaign_pipeline.defs.tags import campaign_tags
+from campaign_pipeline.resources.campaign_store import CampaignStore
+from campaign_pipeline.resources.sqs_queue import SqsQueue
+from campaign_pipeline.sending.outcomes import WRITES_IN_FLIGHT
+from campaign_pipeline.sending.stats import SendStats, merge_stats
+from campaign_pipeline.store.schema import campaign_audience
 from tests.fault_proxy import (
     INJECTED_REASON,
     Call,
@@ -82,8 +83,8 @@ VARYING = [
 CHILD = """
 import json, os, sys, time
 import dagster as dg
-from campaign_pipeline.dispatch import merge_stats
-from campaign_pipeline.jobs import campaign_run_config, process_campaign_messages
+from campaign_pipeline.sending.stats import merge_stats
+from campaign_pipeline.defs.jobs import campaign_run_config, process_campaign_messages
 from campaign_pipeline.defs.tags import campaign_tags
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
@@ -130,14 +131,14 @@ def audience_id(seed: int, index: int) -> str:
 
 
 def add_campaign(store: CampaignStore, recipients: int, seed: int, invalid: int = 0) -> str:
-    campaign_id = store.add_campaign(
+    campaign_id = store.campaigns.add(
         organization_id=ORGANIZATION_ID,
         name=f"faults {seed}",
         status="asset_generated",
         message_type="text",
         message_content="Hi {{name}}",
     )
-    store.add_recipients(
+    store.campaigns.add_recipients(
         campaign_id,
         [
             {"id": audience_id(seed, i), "phone_number": f"+1555{i:07d}", "name": f"R{i}"}
@@ -228,7 +229,9 @@ def test_each_fault_reaches_the_client_as_sqs_would_cause_it(
         queue = make_sqs_queue(
             fifo=False, endpoint=proxy.url, max_attempts=1, read_timeout_seconds=0.5
         )
-        result = queue.send_batch("c", ["a0", "a1", "a2"], ['{"n": 0}', '{"n": 1}', '{"n": 2}'])
+        result = queue.batch_queue().send_batch(
+            "c", ["a0", "a1", "a2"], ['{"n": 0}', '{"n": 1}', '{"n": 2}']
+        )
         proxy.wait_idle()
     assert expected[fault] in str(result.error)
     assert not result.accepted_ids
@@ -244,9 +247,9 @@ def test_fifo_resend_is_dropped_and_answered_with_the_first_message_id(
     """As SQS: a resend within five minutes gets the first id, even after the first was deleted."""
     with FaultProxy(moto_endpoint) as proxy:
         queue = make_sqs_queue(fifo=True, endpoint=proxy.url)
-        first = queue.send_batch("c", ["a0", "a1"], ['{"n": 0}', '{"n": 1}'])
+        first = queue.batch_queue().send_batch("c", ["a0", "a1"], ['{"n": 0}', '{"n": 1}'])
         stored = {m["Body"]: m["MessageId"] for m in drain_queue(sqs_client, queue.queue_url)}
-        again = queue.send_batch("c", ["a0", "a2"], ['{"n": 0}', '{"n": 2}'])
+        again = queue.batch_queue().send_batch("c", ["a0", "a2"], ['{"n": 0}', '{"n": 2}'])
     first_ids = dict(zip(first.accepted_ids, first.message_ids, strict=True))
     again_ids = dict(zip(again.accepted_ids, again.message_ids, strict=True))
     assert again_ids["a0"] == first_ids["a0"] == stored['{"n": 0}']
@@ -368,7 +371,7 @@ def test_lost_replies_on_fifo_are_dropped_by_the_endpoint_itself(
     messages = drain_queue(sqs_client, queue.queue_url)
     copies = Counter(json.loads(m["Body"])["campaignAudienceId"] for m in messages)
     assert len(copies) == 100 and set(copies.values()) == {1}  # nothing twice
-    assert postgres_store.count_recipients(campaign_id) == {
+    assert postgres_store.audience.counts(campaign_id) == {
         "pending": 0,
         "ready_to_send": 100,
         "failed": 0,
@@ -792,7 +795,7 @@ def test_run_killed_mid_send_is_completed_by_a_rerun(
             fifo=fifo,
             expect_pending_allowed=True,
         )
-        killed_run_id = postgres_store.get_campaign(campaign_id)["lease_run_id"]
+        killed_run_id = postgres_store.campaigns.get(campaign_id)["lease_run_id"]
         with dg.instance_for_test(temp_dir=str(dagster_home)) as instance:
             # Dagster still sees the killed run as started: its lease is respected.
             refused = run_job(postgres_store, queue, campaign_id, instance=instance)
@@ -1167,7 +1170,7 @@ def test_an_entry_left_out_of_sqs_answer_stays_pending_and_the_run_says_so(
             status = connection.execute(
                 sa.select(campaign_audience.c.status).where(campaign_audience.c.id == left_out)
             ).scalar_one()
-        counts = postgres_store.count_recipients(campaign_id)
+        counts = postgres_store.audience.counts(campaign_id)
         proxy.omit_entry = None
         # Not drained in between: the resend meets the first message still in the queue.
         rerun = run_job(postgres_store, queue, campaign_id)

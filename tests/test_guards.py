@@ -14,12 +14,12 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from campaign_pipeline.jobs import process_campaign_messages
-from campaign_pipeline.ops import CampaignConfig
-from campaign_pipeline.preflight import PreflightCount, count_invalid
+from campaign_pipeline.defs.jobs import process_campaign_messages
+from campaign_pipeline.defs.ops import CampaignConfig
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
-from campaign_pipeline.schema import campaign_audience
+from campaign_pipeline.sending.guards import PreflightCount, count_invalid
+from campaign_pipeline.store.schema import campaign_audience
 from tests.conftest import drain
 from tests.fault_proxy import FaultProxy
 
@@ -28,14 +28,14 @@ NO_PLUS = "phone number must start with '+' (E.164)"
 
 
 def add_campaign(store: CampaignStore, valid: int, invalid: int) -> str:
-    campaign_id = store.add_campaign(
+    campaign_id = store.campaigns.add(
         organization_id=ORGANIZATION_ID,
         name="guards",
         status="asset_generated",
         message_type="text",
         message_content="Hi {{name}}",
     )
-    store.add_recipients(
+    store.campaigns.add_recipients(
         campaign_id,
         [{"phone_number": f"+1555{i:07d}", "name": "A"} for i in range(valid)]
         + [{"phone_number": f"555{i:07d}", "name": "B"} for i in range(invalid)],
@@ -96,23 +96,23 @@ def test_preflight_holds_back_a_mostly_invalid_campaign_and_sends_nothing(
         f"{NO_PLUS} 8 (at most 50% may be). Fix the recipients and resume it, or "
         "`resume --accept-invalid` to send the valid ones"
     )
-    campaign = store.get_campaign(campaign_id)
+    campaign = store.campaigns.get(campaign_id)
     assert campaign["status"] == "paused"
     assert campaign["paused_by"].startswith("preflight guard: run ")
     assert campaign["last_error"].startswith("8 of 10 recipients (80%) are invalid")
     assert campaign["lease_run_id"] is None
-    assert store.count_recipients(campaign_id) == {"pending": 10, "ready_to_send": 0, "failed": 0}
+    assert store.audience.counts(campaign_id) == {"pending": 10, "ready_to_send": 0, "failed": 0}
     assert drain(sqs_client, queue.queue_url) == []
 
     # Resumed as it is: nothing was handled, so it starts over and is held back again.
-    assert store.control(campaign_id, "resume", "tester").after == "asset_generated"
+    assert store.control.apply(campaign_id, "resume", "tester").after == "asset_generated"
     assert not run_job(store, queue, campaign_id).success
-    assert store.get_campaign(campaign_id)["status"] == "paused"
+    assert store.campaigns.get(campaign_id)["status"] == "paused"
 
     fix_phone_numbers(store, campaign_id)
-    store.control(campaign_id, "resume", "tester")
+    store.control.apply(campaign_id, "resume", "tester")
     assert run_job(store, queue, campaign_id).success
-    assert store.count_recipients(campaign_id) == {"pending": 0, "ready_to_send": 10, "failed": 0}
+    assert store.audience.counts(campaign_id) == {"pending": 0, "ready_to_send": 10, "failed": 0}
     assert len(drain(sqs_client, queue.queue_url)) == 10
 
 
@@ -123,10 +123,10 @@ def test_resume_accepting_invalid_sends_the_valid_ones(
     campaign_id = add_campaign(store, valid=2, invalid=8)
     queue = make_sqs_queue(fifo=False)
     assert not run_job(store, queue, campaign_id).success
-    store.control(campaign_id, "resume", "tester", accept_invalid=True)
-    assert store.get_campaign(campaign_id)["invalid_accepted_at"] is not None
+    store.control.apply(campaign_id, "resume", "tester", accept_invalid=True)
+    assert store.campaigns.get(campaign_id)["invalid_accepted_at"] is not None
     assert run_job(store, queue, campaign_id).success
-    assert store.count_recipients(campaign_id) == {"pending": 0, "ready_to_send": 2, "failed": 8}
+    assert store.audience.counts(campaign_id) == {"pending": 0, "ready_to_send": 2, "failed": 8}
     assert len(drain(sqs_client, queue.queue_url)) == 2
 
 
@@ -141,7 +141,7 @@ def test_a_campaign_under_the_bound_is_sent_and_one_disables_the_guard(
     monkeypatch.setenv("CAMPAIGN_MAX_INVALID_FRACTION", "1")
     mostly = add_campaign(store, valid=1, invalid=9)
     assert run_job(store, make_sqs_queue(fifo=False), mostly).success
-    assert store.count_recipients(mostly) == {"pending": 0, "ready_to_send": 1, "failed": 9}
+    assert store.audience.counts(mostly) == {"pending": 0, "ready_to_send": 1, "failed": 9}
 
 
 def test_a_bad_bound_fails_the_run_in_one_line(
@@ -179,9 +179,11 @@ def test_a_large_campaign_is_judged_on_a_sample_spread_over_it(
             .where(campaign_audience.c.id.in_(ids[90:]))
             .values(phone_number="5550000000")
         )
-    postgres_store.claim(campaign_id, "run-1", lease_seconds=60)
-    chunks, sampled = postgres_store.preflight_chunks(campaign_id, 300, exact_up_to=60, slices=6)
-    message = postgres_store.claim(campaign_id, "run-1", lease_seconds=60).message
+    postgres_store.claims.claim(campaign_id, "run-1", lease_seconds=60)
+    chunks, sampled = postgres_store.audience.preflight_chunks(
+        campaign_id, 300, exact_up_to=60, slices=6
+    )
+    message = postgres_store.claims.claim(campaign_id, "run-1", lease_seconds=60).message
     counted = count_invalid(message, chunks, 1 << 20, sampled_from=300)
     assert sampled
     assert counted.recipients == 60
@@ -219,12 +221,12 @@ def test_sqs_refusing_too_many_entries_pauses_the_campaign_with_the_codes(
         line.startswith(f"campaign {campaign_id} held back: SQS refused ")
         and "more than CAMPAIGN_MAX_REJECTED (5): InvalidParameterValue " in line
     )
-    counts = postgres_store.count_recipients(campaign_id)
+    counts = postgres_store.audience.counts(campaign_id)
     # Stopped at the first batch over the bound, plus the one in flight beside it.
     assert 6 <= counts["failed"] <= 30
     assert counts["ready_to_send"] == 0
     assert counts["pending"] == 400 - counts["failed"]
-    campaign = postgres_store.get_campaign(campaign_id)
+    campaign = postgres_store.campaigns.get(campaign_id)
     assert campaign["status"] == "paused"
     assert campaign["paused_by"].startswith("rejection guard: run ")
     assert "InvalidParameterValue" in campaign["last_error"]

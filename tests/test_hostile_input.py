@@ -26,8 +26,8 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from campaign_pipeline.jobs import process_campaign_messages
-from campaign_pipeline.ops import CampaignConfig
+from campaign_pipeline.defs.jobs import process_campaign_messages
+from campaign_pipeline.defs.ops import CampaignConfig
 from campaign_pipeline.payloads import (
     PLACEHOLDER,
     CampaignMessage,
@@ -37,7 +37,7 @@ from campaign_pipeline.payloads import (
 )
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
-from campaign_pipeline.schema import campaign_audience
+from campaign_pipeline.store.schema import campaign_audience
 from tests.conftest import REGION, run_cli
 from tests.invariant import check_campaign_invariant, drain_queue
 from tests.test_payloads import assert_valid_payloads
@@ -396,7 +396,7 @@ def test_hostile_recipients_fail_alone_and_good_ones_are_queued_exactly(
 ) -> None:
     """Through the job: each hostile recipient failed with its reason, the rest queued as built."""
     columns = CAMPAIGNS[campaign]
-    campaign_id = store.add_campaign(
+    campaign_id = store.campaigns.add(
         organization_id=ORGANIZATION_ID, name=campaign, status="asset_generated", **columns
     )
     cases = {
@@ -406,7 +406,7 @@ def test_hostile_recipients_fail_alone_and_good_ones_are_queued_exactly(
     }
     recipients = {case_id: case.recipient(audience_id(case_id)) for case_id, case in cases.items()}
     good = [Case(campaign).recipient(f"good-{i}") | {"name": f"Good {i}"} for i in range(3)]
-    store.add_recipients(campaign_id, [*recipients.values(), *good])
+    store.campaigns.add_recipients(campaign_id, [*recipients.values(), *good])
 
     result = run_job(store, small_queue, campaign_id)
 
@@ -427,7 +427,7 @@ def test_hostile_recipients_fail_alone_and_good_ones_are_queued_exactly(
         assert reason is None
         assert report.bodies[recipient["id"]] == expected
         assert json.loads(expected) == reference_payload(campaign_id, columns, recipient)
-    stored = store.get_campaign(campaign_id)
+    stored = store.campaigns.get(campaign_id)
     assert (stored["status"], stored["queued_count"], stored["failed_count"]) == (
         "ready_to_launch",
         len(sent),
@@ -468,11 +468,11 @@ def test_invariant_check_catches_each_kind_of_breakage(
 ) -> None:
     """`check_campaign_invariant` fails on every way a run could lose or duplicate a message."""
     columns = CAMPAIGNS["text"]
-    campaign_id = sqlite_store.add_campaign(
+    campaign_id = sqlite_store.campaigns.add(
         organization_id=ORGANIZATION_ID, status="ready_to_launch", **columns
     )
     recipient = Case("text").recipient("r1")
-    sqlite_store.add_recipients(campaign_id, [recipient])
+    sqlite_store.campaigns.add_recipients(campaign_id, [recipient])
     body, _ = build_one(campaign_id, columns, recipient)
     queue_url = make_queue(fifo=fifo)
 
@@ -512,11 +512,11 @@ def test_invariant_allows_what_the_crash_window_documents(
 ) -> None:
     """Pending recipients (one already in the queue) and a bounded duplicate, when allowed."""
     columns = CAMPAIGNS["text"]
-    campaign_id = sqlite_store.add_campaign(
+    campaign_id = sqlite_store.campaigns.add(
         organization_id=ORGANIZATION_ID, status="ready_to_launch", **columns
     )
     recipients = [Case("text").recipient(f"r{i}") for i in range(3)]
-    sqlite_store.add_recipients(campaign_id, recipients)
+    sqlite_store.campaigns.add_recipients(campaign_id, recipients)
     queue_url = make_queue(fifo=False)
     bodies = [build_one(campaign_id, columns, recipient)[0] for recipient in recipients]
     first = sqs_client.send_message(QueueUrl=queue_url, MessageBody=bodies[0])["MessageId"]
@@ -613,12 +613,12 @@ BROKEN_CAMPAIGNS = {
 
 
 def add_broken_campaign(store: CampaignStore, columns: dict[str, Any], **fields: Any) -> str:
-    campaign_id = store.add_campaign(
+    campaign_id = store.campaigns.add(
         **{"organization_id": ORGANIZATION_ID, "name": "broken", "status": "asset_generated"}
         | fields,
         **columns,
     )
-    store.add_recipients(campaign_id, [{"phone_number": GOOD_PHONE, "name": "Ana"}])
+    store.campaigns.add_recipients(campaign_id, [{"phone_number": GOOD_PHONE, "name": "Ana"}])
     return campaign_id
 
 
@@ -635,7 +635,7 @@ def test_campaign_that_cannot_be_sent_fails_with_its_reason(
 
     assert not result.success
     assert failure_description(result) == f"campaign {campaign_id} cannot be sent: {case.reason}"
-    stored = store.get_campaign(campaign_id)
+    stored = store.campaigns.get(campaign_id)
     assert (stored["status"], stored["last_error"]) == ("failed", case.reason)
     report = check_campaign_invariant(
         store, campaign_id, sqs_client, queue.queue_url, fifo=True, expect_pending_allowed=True
@@ -690,14 +690,14 @@ def test_campaign_without_recipients_gets_a_clear_reason(
     store: CampaignStore, make_sqs_queue: Callable[..., SqsQueue], sqs_client: object
 ) -> None:
     """A campaign with no audience at all is refused with a reason naming that; nothing sent."""
-    campaign_id = store.add_campaign(
+    campaign_id = store.campaigns.add(
         organization_id=ORGANIZATION_ID, status="asset_generated", **CAMPAIGNS["text"]
     )
     queue = make_sqs_queue(fifo=True)
     result = run_job(store, queue, campaign_id)
     assert not result.success
     assert "campaign has no recipients" in failure_description(result)
-    campaign = store.get_campaign(campaign_id)
+    campaign = store.campaigns.get(campaign_id)
     assert (campaign["status"], campaign["last_error"]) == ("failed", "campaign has no recipients")
     report = check_campaign_invariant(store, campaign_id, sqs_client, queue.queue_url, fifo=True)
     assert (report.queued, report.failed, report.pending, report.messages) == (0, 0, 0, [])
@@ -783,7 +783,7 @@ def test_process_command_refuses_a_campaign_without_recipients_in_one_line(
     cli_env: dict[str, str], sqlite_store: CampaignStore, tmp_path: Path
 ) -> None:
     """A campaign with no recipients fails its run with that reason, no traceback."""
-    campaign_id = sqlite_store.add_campaign(
+    campaign_id = sqlite_store.campaigns.add(
         organization_id=ORGANIZATION_ID, status="asset_generated", **CAMPAIGNS["text"]
     )
     result = run_process(campaign_id, cli_env, tmp_path)

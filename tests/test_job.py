@@ -14,12 +14,12 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from campaign_pipeline.dispatch import SendStats, merge_stats
-from campaign_pipeline.jobs import campaign_run_config, process_campaign_messages
-from campaign_pipeline.ops import CampaignConfig
+from campaign_pipeline.defs.jobs import campaign_run_config, process_campaign_messages
+from campaign_pipeline.defs.ops import CampaignConfig
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
-from campaign_pipeline.schema import campaign_audience
+from campaign_pipeline.sending.stats import SendStats, merge_stats
+from campaign_pipeline.store.schema import campaign_audience
 from tests.conftest import drain
 from tests.fault_proxy import INJECTED_REASON, FaultProxy
 from tests.test_payloads import payload_validator
@@ -120,10 +120,10 @@ def add_campaign(store: CampaignStore, recipients: int, invalid: int = 0, **fiel
         "message_type": "text",
         "message_content": "Hi {{name}}",
     }
-    campaign_id = store.add_campaign(
+    campaign_id = store.campaigns.add(
         organization_id=ORGANIZATION_ID, name="test", **(defaults | fields)
     )
-    store.add_recipients(
+    store.campaigns.add_recipients(
         campaign_id,
         [{"phone_number": f"+1555{i:07d}", "name": f"R{i}"} for i in range(recipients)]
         + [{"phone_number": f"555{i:07d}", "name": "bad"} for i in range(invalid)],
@@ -167,14 +167,14 @@ def test_every_message_type_matches_the_spec(
 ) -> None:
     """Each message type lands in the queue exactly as the spec's JSON, field order included."""
     columns, expected = SPEC_EXAMPLES[example]
-    postgres_store.add_campaign(
+    postgres_store.campaigns.add(
         id=CAMPAIGN_ID,
         organization_id=ORGANIZATION_ID,
         name=example,
         status="asset_generated",
         **columns,
     )
-    postgres_store.add_recipients(
+    postgres_store.campaigns.add_recipients(
         CAMPAIGN_ID, [{"id": AUDIENCE_ID, "phone_number": "+1234567890", "name": "John Doe"}]
     )
     queue = make_sqs_queue(fifo=True)
@@ -184,7 +184,7 @@ def test_every_message_type_matches_the_spec(
     payload_validator().validate(json.loads(message["Body"]))
     row = audience(postgres_store, CAMPAIGN_ID)[AUDIENCE_ID]
     assert (row.status, row.sqs_message_id) == ("ready_to_send", message["MessageId"])
-    campaign = postgres_store.get_campaign(CAMPAIGN_ID)
+    campaign = postgres_store.campaigns.get(CAMPAIGN_ID)
     assert (campaign["status"], campaign["queued_count"]) == ("ready_to_launch", 1)
 
 
@@ -339,7 +339,7 @@ def test_unprocessable_campaigns_fail_with_a_clear_reason(
     result = run_job(sqlite_store, make_sqs_queue(fifo=False), campaign_id or real_id)
     assert not result.success
     assert message in failure_message(result)
-    assert sqlite_store.get_campaign(real_id)["status"] == status
+    assert sqlite_store.campaigns.get(real_id)["status"] == status
 
 
 def test_unknown_message_type_marks_the_campaign_failed(
@@ -349,7 +349,7 @@ def test_unknown_message_type_marks_the_campaign_failed(
     campaign_id = add_campaign(sqlite_store, recipients=2, message_type="sticker")
     result = run_job(sqlite_store, make_sqs_queue(fifo=False), campaign_id)
     assert not result.success
-    campaign = sqlite_store.get_campaign(campaign_id)
+    campaign = sqlite_store.campaigns.get(campaign_id)
     assert campaign["status"] == "failed"
     assert "unknown message type 'sticker'" in campaign["last_error"]
     assert {r.status for r in audience(sqlite_store, campaign_id).values()} == {"pending"}
@@ -407,7 +407,7 @@ def test_shards_run_in_parallel_processes(
             if entry.step_key.startswith("send_campaign_messages")
         }
     assert len(pids) == 2
-    assert postgres_store.count_recipients(campaign_id)["ready_to_send"] == 30
+    assert postgres_store.audience.counts(campaign_id)["ready_to_send"] == 30
     assert_accounted_for(postgres_store, campaign_id, drain(sqs_client, queue_url))
 
 
@@ -465,4 +465,4 @@ def test_a_partition_and_a_config_naming_different_campaigns_fail_the_run(
         f"the run's partition {first!r} and its config's campaign_id {second!r} name "
         "different campaigns"
     )
-    assert postgres_store.get_campaign(second)["status"] == "asset_generated"
+    assert postgres_store.campaigns.get(second)["status"] == "asset_generated"

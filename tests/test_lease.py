@@ -12,11 +12,12 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy.engine import make_url
 
-from campaign_pipeline.dispatch import SendStats, queue_campaign_messages
 from campaign_pipeline.errors import CampaignBusy, SendInterrupted
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
-from tests.conftest import drain
+from campaign_pipeline.sending.stats import SendStats
+from campaign_pipeline.store.claims import Claims
+from tests.conftest import drain, send_shard
 from tests.fault_proxy import Call, FaultProxy
 from tests.invariant import check_campaign_invariant
 from tests.tcp_proxy import TcpProxy
@@ -27,15 +28,15 @@ LEASE_SECONDS = 1.5
 
 def send(store: CampaignStore, queue: SqsQueue, campaign_id: str, run_id: str) -> SendStats:
     """Everything pending, outcomes written only at the end, so only the timer renews the lease."""
-    claim = store.claim(campaign_id, run_id, LEASE_SECONDS)
-    return queue_campaign_messages(
-        claim.message,
+    claim = store.claims.claim(campaign_id, run_id, LEASE_SECONDS)
+    return send_shard(
         store,
         queue,
+        claim.message,
         run_id,
+        lease_seconds=LEASE_SECONDS,
         recipients_per_chunk=10_000,
         outcomes_per_write=10_000,
-        lease_seconds=LEASE_SECONDS,
     )
 
 
@@ -60,11 +61,11 @@ def test_a_slow_send_keeps_its_lease_past_its_length(
             time.sleep(LEASE_SECONDS / 2)
             if sender.is_alive():
                 with pytest.raises(CampaignBusy):
-                    postgres_store.claim(campaign_id, "other-run", LEASE_SECONDS)
+                    postgres_store.claims.claim(campaign_id, "other-run", LEASE_SECONDS)
                 refusals += 1
         sender.join()
     assert refusals >= 3
-    assert postgres_store.count_recipients(campaign_id)["ready_to_send"] == 80
+    assert postgres_store.audience.counts(campaign_id)["ready_to_send"] == 80
     assert len(drain(sqs_client, queue.queue_url)) == 80
 
 
@@ -79,7 +80,7 @@ def test_sending_stops_when_the_lease_cannot_be_renewed(
     campaign_id = add_template_campaign(postgres_store)
     add_recipients(postgres_store, campaign_id, 200)
     renewals = 0
-    renew = postgres_store.renew_lease
+    renew = postgres_store.claims.renew
 
     def renew_once_then_fail(*args: object) -> bool:
         nonlocal renewals
@@ -88,7 +89,7 @@ def test_sending_stops_when_the_lease_cannot_be_renewed(
             raise ConnectionError("the database does not answer")
         return renew(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(CampaignStore, "renew_lease", lambda self, *a: renew_once_then_fail(*a))
+    monkeypatch.setattr(Claims, "renew", lambda self, *a: renew_once_then_fail(*a))
     with FaultProxy(moto_endpoint, delay_seconds=0.3) as slow:
         queue = make_sqs_queue(fifo=False, endpoint=slow.url, max_concurrent_batches=1)
         started = time.monotonic()
@@ -97,7 +98,7 @@ def test_sending_stops_when_the_lease_cannot_be_renewed(
         elapsed = time.monotonic() - started
     # Twenty batches would take 6 s; it stops once a lease's two thirds pass without renewal.
     assert elapsed < LEASE_SECONDS * 2 / 3 + 1.0
-    counts = postgres_store.count_recipients(campaign_id)
+    counts = postgres_store.audience.counts(campaign_id)
     queued = len(drain(sqs_client, queue.queue_url))
     # What was sent is recorded; the rest stays pending for the next run.
     assert counts["ready_to_send"] == queued < 200
@@ -122,7 +123,7 @@ def test_a_lease_taken_over_stops_the_send_at_the_next_renewal(
     def steal() -> None:
         # Once something is in the queue, however slowly a loaded machine got there.
         first_stored.wait(30)
-        postgres_store.claim(campaign_id, "thief-run", 60, take_over_from="first-run")
+        postgres_store.claims.claim(campaign_id, "thief-run", 60, take_over_from="first-run")
 
     with FaultProxy(moto_endpoint, delay_seconds=0.3, hook=hook) as slow:
         queue = make_sqs_queue(fifo=False, endpoint=slow.url, max_concurrent_batches=1)
@@ -133,7 +134,7 @@ def test_a_lease_taken_over_stops_the_send_at_the_next_renewal(
         thief.join()
     queued = len(drain(sqs_client, queue.queue_url))
     assert 0 < queued < 200
-    assert postgres_store.get_campaign(campaign_id)["lease_run_id"] == "thief-run"
+    assert postgres_store.campaigns.get(campaign_id)["lease_run_id"] == "thief-run"
 
 
 def test_an_outcome_write_that_finds_the_lease_taken_stops_the_send(
@@ -148,10 +149,8 @@ def test_an_outcome_write_that_finds_the_lease_taken_stops_the_send(
     campaign_id = add_template_campaign(postgres_store)
     add_recipients(postgres_store, campaign_id, 200)
     renewals: list[object] = []
-    renew = CampaignStore.renew_lease
-    monkeypatch.setattr(
-        CampaignStore, "renew_lease", lambda self, *a: renewals.append(a) or renew(self, *a)
-    )
+    renew = Claims.renew
+    monkeypatch.setattr(Claims, "renew", lambda self, *a: renewals.append(a) or renew(self, *a))
     first_stored = threading.Event()
 
     def hook(call: Call, stage: str) -> None:
@@ -160,28 +159,27 @@ def test_an_outcome_write_that_finds_the_lease_taken_stops_the_send(
 
     def steal() -> None:
         first_stored.wait(30)
-        postgres_store.claim(campaign_id, "thief-run", 60, take_over_from="first-run")
+        postgres_store.claims.claim(campaign_id, "thief-run", 60, take_over_from="first-run")
 
-    claim = postgres_store.claim(campaign_id, "first-run", 60)
+    claim = postgres_store.claims.claim(campaign_id, "first-run", 60)
     with FaultProxy(moto_endpoint, delay_seconds=0.3, hook=hook) as slow:
         queue = make_sqs_queue(fifo=False, endpoint=slow.url, max_concurrent_batches=1)
         thief = threading.Thread(target=steal)
         thief.start()
         with pytest.raises(SendInterrupted, match="no longer holds campaign"):
-            queue_campaign_messages(
-                claim.message,
+            send_shard(
                 postgres_store,
                 queue,
+                claim.message,
                 "first-run",
                 recipients_per_chunk=10_000,
                 outcomes_per_write=10,
-                lease_seconds=60,
             )
         thief.join()
     assert len(renewals) == 1  # on entry, before the takeover; the timer is 20 s away
     queued = len(drain(sqs_client, queue.queue_url))
     assert 0 < queued < 200
-    assert postgres_store.get_campaign(campaign_id)["lease_run_id"] == "thief-run"
+    assert postgres_store.campaigns.get(campaign_id)["lease_run_id"] == "thief-run"
 
 
 # Connections the cut broke mid-handshake can be left to the garbage collector, whose psycopg

@@ -16,7 +16,7 @@ from campaign_pipeline.lifecycle import (
     Decision,
     decide,
 )
-from campaign_pipeline.schema import CAMPAIGN_STATUSES
+from campaign_pipeline.store.schema import CAMPAIGN_STATUSES
 
 REFUSED = "refused"
 UNCHANGED = "unchanged"

@@ -1,7 +1,7 @@
 """The rate cap: the token bucket on a fake clock, a capped send in real time, where the cap
 comes from, and how it is shared among send steps.
 
-The bucket's tests need nothing. The real-time send runs `queue_campaign_messages` against
+The bucket's tests need nothing. The real-time send runs `ShardSend` against
 moto's server over HTTP and PostgreSQL at 40 messages/s for about ten seconds; the job tests
 run `execute_in_process` on PostgreSQL with tiny audiences, and one run under the multiprocess
 executor, its two send steps in two processes, is timed by moto's SentTimestamp.
@@ -18,16 +18,17 @@ from typing import Any
 
 import dagster as dg
 import pytest
-from pydantic import PrivateAttr
 
-from campaign_pipeline.dispatch import queue_campaign_messages
+from campaign_pipeline.defs.jobs import campaign_run_config, process_campaign_messages
+from campaign_pipeline.defs.ops.process_campaign import send_steps_at_once
 from campaign_pipeline.errors import SettingsError
-from campaign_pipeline.jobs import campaign_run_config, process_campaign_messages
-from campaign_pipeline.ops.process_campaign import send_steps_at_once
-from campaign_pipeline.pacing import WAKE_SECONDS, Pacer, check_rate, rate_per_step
 from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.resources.sqs_queue import BatchResult, SqsQueue
+from campaign_pipeline.resources.sqs_queue import SqsQueue
+from campaign_pipeline.sending.lease import Lease
+from campaign_pipeline.sending.pacing import WAKE_SECONDS, Pacer, check_rate, rate_per_step
+from campaign_pipeline.sending.shard import BatchQueue, ShardSend
 from campaign_pipeline.settings import campaign_max_messages_per_second
+from campaign_pipeline.sqs import SqsBatchQueue
 from tests.conftest import REGION, drain
 from tests.test_campaign_store import add_recipients, add_template_campaign
 from tests.test_job import definitions_job, failure_message
@@ -239,24 +240,23 @@ def test_a_run_without_an_execution_block_counts_dagsters_default() -> None:
 # A capped send in real time, against moto and PostgreSQL
 
 
-class TimedQueue(SqsQueue):
-    """An SqsQueue noting when each batch SQS accepted was answered, and how many it held."""
+class TimedClient:
+    """A boto3 SQS client noting when each batch with accepted entries was answered, and size."""
 
-    _accepted: list[tuple[float, int]] = PrivateAttr(default_factory=list)
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self._accepted: list[tuple[float, int]] = []
+        self._lock = threading.Lock()
 
-    def send_batch(
-        self,
-        campaign_id: str,
-        ids: Sequence[str],
-        bodies: Sequence[str],
-        fair_group_id: str | None = None,
-    ) -> BatchResult:
-        result = super().send_batch(campaign_id, ids, bodies, fair_group_id)
+    def get_queue_attributes(self, **arguments: Any) -> Any:
+        return self.client.get_queue_attributes(**arguments)
+
+    def send_message_batch(self, **arguments: Any) -> Any:
+        response = self.client.send_message_batch(**arguments)
         with self._lock:
-            if result.accepted_ids:
-                self._accepted.append((time.monotonic(), len(result.accepted_ids)))
-        return result
+            if accepted := len(response.get("Successful", [])):
+                self._accepted.append((time.monotonic(), accepted))
+        return response
 
     @property
     def accepted(self) -> list[tuple[float, int]]:
@@ -264,27 +264,38 @@ class TimedQueue(SqsQueue):
             return sorted(self._accepted)
 
 
+class TimedQueue(SqsBatchQueue):
+    """The real batch queue over a `TimedClient`."""
+
+    client: TimedClient
+
+    @property
+    def accepted(self) -> list[tuple[float, int]]:
+        return self.client.accepted
+
+
 @pytest.fixture
 def timed_queue(moto_endpoint: str, make_queue: Callable[..., str]) -> TimedQueue:
-    return TimedQueue(
+    resource = SqsQueue(
         queue_url=make_queue(fifo=False), region_name=REGION, endpoint_url=moto_endpoint
     )
+    return TimedQueue(TimedClient(resource.client), resource.queue_url)
 
 
 def send(
-    store: CampaignStore, queue: SqsQueue, campaign_id: str, cap: float | None
+    store: CampaignStore, queue: BatchQueue, campaign_id: str, cap: float | None
 ) -> Callable[[], Any]:
-    message = store.claim(campaign_id, "run-1", LEASE_SECONDS).message
-    return lambda: queue_campaign_messages(
+    message = store.claims.claim(campaign_id, "run-1", LEASE_SECONDS).message
+    lease = Lease(store.claims, campaign_id, "run-1", LEASE_SECONDS)
+    return ShardSend(
         message,
-        store,
+        lease,
+        store.audience,
         queue,
-        "run-1",
         recipients_per_chunk=1_000,
         outcomes_per_write=100,
-        lease_seconds=LEASE_SECONDS,
         max_messages_per_second=cap,
-    )
+    ).run
 
 
 def test_a_capped_send_keeps_to_its_rate(
@@ -303,7 +314,7 @@ def test_a_capped_send_keeps_to_its_rate(
     rate = (stats.queued - accepted[0][1]) / (last - first)
     assert 36 <= rate <= 44, f"{rate:.1f} messages/s over {last - first:.1f} s"
     assert elapsed < 20
-    assert postgres_store.count_recipients(campaign_id) == {
+    assert postgres_store.audience.counts(campaign_id) == {
         "pending": 0,
         "ready_to_send": 420,
         "failed": 0,
@@ -324,14 +335,14 @@ def test_a_pause_ends_a_slow_capped_send_within_seconds(
     while not timed_queue.accepted and time.monotonic() < deadline:
         time.sleep(0.01)
     assert timed_queue.accepted, "no batch was accepted"
-    postgres_store.control(campaign_id, "pause", "alice@ops-host (cli)")
+    postgres_store.control.apply(campaign_id, "pause", "alice@ops-host (cli)")
     paused_at = time.monotonic()
     sender.join(timeout=30)
     # The status poll (every second) sees it, the paced wait wakes within a tenth of a second.
     assert result["at"] - paused_at < 3.0
     stats = result["stats"]
     assert (stats.stopped, stats.queued) == ("paused", 10)
-    assert postgres_store.count_recipients(campaign_id)["pending"] == 90
+    assert postgres_store.audience.counts(campaign_id)["pending"] == 90
 
 
 # Where the cap comes from, and the share each send step gets (the job)
@@ -377,7 +388,7 @@ def test_the_campaigns_column_overrides_the_variable(
     assert result.success
     assert result.output_for_node("claim_campaign").max_messages_per_second == expected
     assert shares(result) == [expected]
-    assert postgres_store.count_recipients(campaign_id)["ready_to_send"] == 3
+    assert postgres_store.audience.counts(campaign_id)["ready_to_send"] == 3
 
 
 def test_the_cap_is_divided_among_the_steps_the_executor_runs_at_once(
@@ -393,7 +404,7 @@ def test_the_cap_is_divided_among_the_steps_the_executor_runs_at_once(
         )
         assert result.success
         assert shares(result) == [expected] * 3
-        assert postgres_store.count_recipients(campaign_id)["ready_to_send"] == 30
+        assert postgres_store.audience.counts(campaign_id)["ready_to_send"] == 30
 
 
 def test_a_bad_variable_fails_the_run_in_one_line_before_the_claim(
@@ -410,7 +421,7 @@ def test_a_bad_variable_fails_the_run_in_one_line_before_the_claim(
     assert failure_message(result) == (
         "CAMPAIGN_MAX_MESSAGES_PER_SECOND must be a number, not 'fast'"
     )
-    campaign = postgres_store.get_campaign(campaign_id)
+    campaign = postgres_store.campaigns.get(campaign_id)
     assert (campaign["status"], campaign["lease_run_id"]) == ("asset_generated", None)
 
 
@@ -424,9 +435,9 @@ def test_a_non_positive_column_fails_the_campaign_with_the_reason(
     assert not result.success
     reason = "max_messages_per_second must be a positive number of messages per second, not 0.0"
     assert failure_message(result) == f"campaign {campaign_id} cannot be sent: {reason}"
-    campaign = postgres_store.get_campaign(campaign_id)
+    campaign = postgres_store.campaigns.get(campaign_id)
     assert (campaign["status"], campaign["last_error"]) == ("failed", reason)
-    assert postgres_store.count_recipients(campaign_id)["pending"] == 3
+    assert postgres_store.audience.counts(campaign_id)["pending"] == 3
 
 
 def test_two_send_processes_together_stay_under_the_campaigns_cap(

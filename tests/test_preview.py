@@ -33,10 +33,10 @@ from campaign_pipeline.audience_preview import (
     queue_limit_from_environment,
 )
 from campaign_pipeline.definitions import defs
-from campaign_pipeline.jobs import preview_campaign
+from campaign_pipeline.defs.jobs import preview_campaign
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
-from campaign_pipeline.schema import campaign_audience, campaigns
+from campaign_pipeline.store.schema import campaign_audience, campaigns
 from tests.conftest import REGION, assert_one_line_error, drain, free_port, run_cli
 from tests.test_job import run_job
 
@@ -59,11 +59,11 @@ def add_campaign(store: CampaignStore, status: str = "asset_generated", **fields
             {"type": "body", "valueType": "text", "value": "{{city}}: call {{phone_number}}"},
         ],
     }
-    campaign_id = store.add_campaign(
+    campaign_id = store.campaigns.add(
         organization_id=ORGANIZATION_ID, name="Preview", status=status, **(columns | fields)
     )
     names = ['Zoë "Z" 🎉', "line\nbreak", "back\\slash", "tab\there", "\ufffe odd", "plain"]
-    store.add_recipients(
+    store.campaigns.add_recipients(
         campaign_id,
         [
             {"phone_number": phone, "name": name, "attributes": {"city": f"Città {i}"}}

@@ -23,8 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from campaign_pipeline.jobs import process_campaign_messages
-from campaign_pipeline.ops import CampaignConfig
+from campaign_pipeline.defs.jobs import process_campaign_messages
+from campaign_pipeline.defs.ops import CampaignConfig
 from campaign_pipeline.payloads import PLACEHOLDER, build_payloads, recipients_frame
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
@@ -353,11 +353,11 @@ def test_any_recipients_through_the_job_keep_the_invariant(
         st.lists(recipients(not on_postgres), min_size=1, max_size=8), label="people"
     )
     columns = PROPERTY_CAMPAIGNS[campaign]
-    campaign_id = store.add_campaign(
+    campaign_id = store.campaigns.add(
         organization_id=ORGANIZATION_ID, status="asset_generated", **columns
     )
     rows = [person | {"id": str(uuid.uuid4())} for person in people]
-    store.add_recipients(campaign_id, rows)
+    store.campaigns.add_recipients(campaign_id, rows)
     queue = SqsQueue(
         queue_url=make_queue(fifo=False, MaximumMessageSize="1024"),
         region_name=REGION,

@@ -18,12 +18,16 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+from campaign_pipeline.defs.jobs import campaign_run_config, process_campaign_messages
+from campaign_pipeline.defs.sensors import (
+    record_campaign_run_failure,
+    resume_stalled_campaigns_sensor,
+)
 from campaign_pipeline.defs.tags import RESUME_ATTEMPT_TAG, campaign_tags
-from campaign_pipeline.jobs import campaign_run_config, process_campaign_messages
-from campaign_pipeline.resources.campaign_store import CampaignStore, Outcomes
+from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
-from campaign_pipeline.schema import campaign_audience
-from campaign_pipeline.sensors import record_campaign_run_failure, resume_stalled_campaigns_sensor
+from campaign_pipeline.store.records import Outcomes
+from campaign_pipeline.store.schema import campaign_audience
 from tests.conftest import REGION, drain, free_port
 from tests.fault_proxy import FaultProxy
 
@@ -40,14 +44,14 @@ def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
 
 
 def add_campaign(store: CampaignStore, recipients: int) -> str:
-    campaign_id = store.add_campaign(
+    campaign_id = store.campaigns.add(
         organization_id=ORGANIZATION_ID,
         name="recovery",
         status="asset_generated",
         message_type="text",
         message_content="Hi {{name}}",
     )
-    store.add_recipients(
+    store.campaigns.add_recipients(
         campaign_id,
         [{"phone_number": f"+1555{i:07d}", "name": f"R{i}"} for i in range(recipients)],
     )
@@ -164,19 +168,19 @@ def test_failed_run_is_recorded_then_resumed_and_the_error_cleared(
             fifo=False, endpoint=outage.url, max_attempts=1, max_concurrent_batches=1
         )
         failed = first_run(instance, store, broken, campaign_id)
-    assert store.count_recipients(campaign_id) == {"pending": 15, "ready_to_send": 20, "failed": 0}
-    before = store.get_campaign(campaign_id)
+    assert store.audience.counts(campaign_id) == {"pending": 15, "ready_to_send": 20, "failed": 0}
+    before = store.campaigns.get(campaign_id)
 
     record_failure(instance, store, failed)
 
-    campaign = store.get_campaign(campaign_id)
+    campaign = store.campaigns.get(campaign_id)
     assert campaign["last_error"].startswith("send_campaign_messages[shard_0]: SQS failed")
     assert "\n" not in campaign["last_error"]
     assert campaign["last_error_run_id"] == failed.run_id
     assert campaign["last_error_at"] is not None
     assert campaign["lease_run_id"] is None
     assert (campaign["status"], campaign["version"]) == (before["status"], before["version"])
-    assert store.count_recipients(campaign_id) == {"pending": 15, "ready_to_send": 20, "failed": 0}
+    assert store.audience.counts(campaign_id) == {"pending": 15, "ready_to_send": 20, "failed": 0}
 
     (request,) = evaluate_recovery(instance, store).run_requests
     assert request.tags == {
@@ -189,7 +193,7 @@ def test_failed_run_is_recorded_then_resumed_and_the_error_cleared(
     resumed = launch(instance, store, healthy, request)
     assert resumed.success
 
-    campaign = store.get_campaign(campaign_id)
+    campaign = store.campaigns.get(campaign_id)
     assert campaign["last_error"] is None
     assert campaign["last_error_run_id"] is None
     assert campaign["resume_attempts"] == 0
@@ -218,21 +222,21 @@ def test_resume_attempts_are_bounded_then_the_campaign_fails_with_the_reason(
         (request,) = evaluate_recovery(instance, store).run_requests
         assert request.tags[RESUME_ATTEMPT_TAG] == str(attempt)
         run_keys.append(request.run_key)
-        assert store.get_campaign(campaign_id)["resume_attempts"] == attempt
+        assert store.campaigns.get(campaign_id)["resume_attempts"] == attempt
         result = launch(instance, store, queue, request)
     record_failure(instance, store, result)
 
     skipped = evaluate_recovery(instance, store)
     assert isinstance(skipped, dg.SkipReason)
     assert "gave up on 1" in skipped.skip_message
-    campaign = store.get_campaign(campaign_id)
+    campaign = store.campaigns.get(campaign_id)
     assert campaign["status"] == "failed"
     assert campaign["last_error"].startswith(
         "gave up after 3 resume attempts; last error: send_campaign_messages[shard_0]: "
         "EndpointConnectionError: Could not connect to the endpoint URL"
     )
     assert len(set(run_keys)) == 3
-    assert store.count_recipients(campaign_id)["pending"] == 3
+    assert store.audience.counts(campaign_id)["pending"] == 3
     assert isinstance(evaluate_recovery(instance, store), dg.SkipReason)
     assert len(instance.get_runs(dg.RunsFilter(tags={"campaign_id": campaign_id}))) == 4
     assert drain(sqs_client, queue.queue_url) == []
@@ -252,7 +256,7 @@ def test_max_resume_attempts_comes_from_the_environment(
     (request,) = evaluate_recovery(instance, sqlite_store).run_requests
     record_failure(instance, sqlite_store, launch(instance, sqlite_store, queue, request))
     assert isinstance(evaluate_recovery(instance, sqlite_store), dg.SkipReason)
-    campaign = sqlite_store.get_campaign(campaign_id)
+    campaign = sqlite_store.campaigns.get(campaign_id)
     assert campaign["status"] == "failed"
     assert campaign["last_error"].startswith("gave up after 1 resume attempts; last error: ")
 
@@ -270,10 +274,12 @@ def test_campaign_with_a_run_in_progress_is_not_resumed(
         tags={"campaign_id": campaign_id} if named_by == "tag" else {},
     )
     # The lease has expired, so only Dagster knows the run is still going.
-    store.claim(campaign_id, live.run_id, lease_seconds=0.001 if named_by != "lease" else 300)
+    store.claims.claim(
+        campaign_id, live.run_id, lease_seconds=0.001 if named_by != "lease" else 300
+    )
     assert not instance.get_run_by_id(live.run_id).is_finished
     assert isinstance(evaluate_recovery(instance, store), dg.SkipReason)
-    assert store.get_campaign(campaign_id)["resume_attempts"] == 0
+    assert store.campaigns.get(campaign_id)["resume_attempts"] == 0
 
     instance.report_run_failed(instance.get_run_by_id(live.run_id))
     (request,) = evaluate_recovery(instance, store).run_requests
@@ -295,12 +301,12 @@ def test_claim_takes_over_the_lease_of_a_run_that_is_gone(
     )
     gone_run_id = gone.run_id
     # As a run killed with SIGKILL leaves it: claimed, some recipients queued, lease live.
-    store.claim(campaign_id, gone_run_id, lease_seconds=300)
+    store.claims.claim(campaign_id, gone_run_id, lease_seconds=300)
     queue = make_sqs_queue(fifo=False)
     already = audience_ids(store, campaign_id)[:4]
     outcomes = Outcomes()
     outcomes.add_sent(already, [f"m-{i}" for i in already])
-    store.record_outcomes(campaign_id, gone_run_id, outcomes, lease_seconds=300)
+    store.audience.record_outcomes(campaign_id, gone_run_id, outcomes, lease_seconds=300)
     if holder == "failed":
         instance.report_run_failed(instance.get_run_by_id(gone_run_id))
     elif holder == "canceled":
@@ -318,7 +324,7 @@ def test_claim_takes_over_the_lease_of_a_run_that_is_gone(
     received = counts_per_recipient(sqs_client, queue.queue_url)
     assert set(received) == set(audience_ids(store, campaign_id)) - set(already)
     assert set(received.values()) == {1}
-    assert store.get_campaign(campaign_id)["lease_run_id"] is None
+    assert store.campaigns.get(campaign_id)["lease_run_id"] is None
 
 
 def test_claim_respects_a_live_lease_held_by_a_run_this_instance_does_not_know(
@@ -330,15 +336,15 @@ def test_claim_respects_a_live_lease_held_by_a_run_this_instance_does_not_know(
     """A run of another DAGSTER_HOME may be sending: wait for its lease to expire, then go."""
     campaign_id = add_campaign(store, recipients=3)
     stranger = str(uuid.uuid4())
-    store.claim(campaign_id, stranger, lease_seconds=300)
+    store.claims.claim(campaign_id, stranger, lease_seconds=300)
     queue = make_sqs_queue(fifo=False)
 
     refused = first_run(instance, store, queue, campaign_id)
     assert not refused.success
     assert drain(sqs_client, queue.queue_url) == []
-    assert store.get_campaign(campaign_id)["lease_run_id"] == stranger
+    assert store.campaigns.get(campaign_id)["lease_run_id"] == stranger
 
-    store.claim(campaign_id, stranger, lease_seconds=0.001)  # the stranger's lease runs out
+    store.claims.claim(campaign_id, stranger, lease_seconds=0.001)  # the stranger's lease runs out
     time.sleep(0.01)
     assert first_run(instance, store, queue, campaign_id).success
     assert len(drain(sqs_client, queue.queue_url)) == 3
@@ -355,7 +361,7 @@ def test_claim_stays_busy_while_the_lease_holder_is_in_progress(
     holder = instance.create_run_for_job(
         process_campaign_messages, run_config=campaign_run_config(campaign_id)
     )
-    store.claim(campaign_id, holder.run_id, lease_seconds=300)
+    store.claims.claim(campaign_id, holder.run_id, lease_seconds=300)
     queue = make_sqs_queue(fifo=False)
 
     duplicate = first_run(instance, store, queue, campaign_id)
@@ -365,7 +371,7 @@ def test_claim_stays_busy_while_the_lease_holder_is_in_progress(
         event.step_failure_data.user_failure_data.description
     )
     record_failure(instance, store, duplicate)
-    campaign = store.get_campaign(campaign_id)
+    campaign = store.campaigns.get(campaign_id)
     assert (campaign["last_error"], campaign["lease_run_id"]) == (None, holder.run_id)
     assert drain(sqs_client, queue.queue_url) == []
 
@@ -390,13 +396,13 @@ def test_reexecution_from_failure_claims_the_campaign_for_itself(
         job, instance=instance, run_config=campaign_run_config(campaign_id)
     ) as failed:
         assert not failed.success
-    assert postgres_store.count_recipients(campaign_id)["pending"] == 12
+    assert postgres_store.audience.counts(campaign_id)["pending"] == 12
 
     # Another run holds the campaign now: the re-execution must not send.
     other = instance.create_run_for_job(
         process_campaign_messages, run_config=campaign_run_config(campaign_id)
     )
-    postgres_store.claim(campaign_id, other.run_id, lease_seconds=300)
+    postgres_store.claims.claim(campaign_id, other.run_id, lease_seconds=300)
     monkeypatch.setenv("AWS_SQS_QUEUE_URL", queue_url)
     options = dg.ReexecutionOptions.from_failure(failed.run_id, instance)
     with dg.execute_job(job, instance=instance, reexecution_options=options) as refused:
@@ -410,7 +416,7 @@ def test_reexecution_from_failure_claims_the_campaign_for_itself(
     received = counts_per_recipient(sqs_client, queue_url)
     assert len(received) == 12
     assert set(received.values()) == {1}
-    campaign = postgres_store.get_campaign(campaign_id)
+    campaign = postgres_store.campaigns.get(campaign_id)
     assert (campaign["queued_count"], campaign["lease_run_id"]) == (12, None)
 
 
@@ -422,7 +428,9 @@ def test_run_metadata_shows_what_each_run_queued_and_failed(
 ) -> None:
     """complete_campaign reports this run's queued and failed counts and why, and the totals."""
     campaign_id = add_campaign(sqlite_store, recipients=4)
-    sqlite_store.add_recipients(campaign_id, [{"phone_number": "5551234567", "name": "bad"}])
+    sqlite_store.campaigns.add_recipients(
+        campaign_id, [{"phone_number": "5551234567", "name": "bad"}]
+    )
     queue = make_sqs_queue(fifo=False)
     result = first_run(instance, sqlite_store, queue, campaign_id)
     assert result.success

@@ -25,11 +25,11 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
-from campaign_pipeline.jobs import campaign_run_config, process_campaign_messages
-from campaign_pipeline.ops import CampaignConfig
+from campaign_pipeline.defs.jobs import campaign_run_config, process_campaign_messages
+from campaign_pipeline.defs.ops import CampaignConfig
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
-from campaign_pipeline.schema import campaign_audience, campaigns
+from campaign_pipeline.store.schema import campaign_audience, campaigns
 from tests.conftest import free_port, run_cli
 from tests.invariant import check_campaign_invariant
 
@@ -155,14 +155,14 @@ def secret_env(
 
 
 def add_campaign(store: CampaignStore) -> str:
-    campaign_id = store.add_campaign(
+    campaign_id = store.campaigns.add(
         organization_id=ORGANIZATION_ID,
         name="secrets",
         status="asset_generated",
         message_type="text",
         message_content="Hi {{name}}, call {{phone_number}}",
     )
-    store.add_recipients(
+    store.campaigns.add_recipients(
         campaign_id,
         [{"phone_number": phone, "name": f"R{i}"} for i, phone in enumerate(PHONES)]
         + [{"phone_number": phone, "name": "bad"} for phone in INVALID_PHONES],
@@ -280,7 +280,7 @@ def test_failed_run_exposes_no_secret_and_no_phone_number(
     phones = PHONES + INVALID_PHONES
     assert_nothing_exposed(texts_under(dagster_home), phones=phones)
     assert_nothing_exposed(texts_of_instance(dagster_home), phones=phones)
-    assert postgres_store.count_recipients(campaign_id)["pending"] == len(phones)
+    assert postgres_store.audience.counts(campaign_id)["pending"] == len(phones)
 
 
 # SQL injection
@@ -356,14 +356,14 @@ def test_injection_strings_in_every_text_field_round_trip_and_harm_nothing(
     """Injection strings everywhere: tables intact, each value exactly in its payload."""
     # Most of these recipients are invalid on purpose; the preflight guard would hold them.
     monkeypatch.setenv("CAMPAIGN_MAX_INVALID_FRACTION", "1")
-    canary = store.add_campaign(
+    canary = store.campaigns.add(
         organization_id=ORGANIZATION_ID, name="canary", status="draft", message_type="text"
     )
-    store.add_recipients(canary, [{"phone_number": PHONES[0], "name": "Canary"}])
+    store.campaigns.add_recipients(canary, [{"phone_number": PHONES[0], "name": "Canary"}])
     before = table_snapshot(store, canary)
     texts = injections_for(store)
     joined = " ".join(texts)
-    campaign_id = store.add_campaign(
+    campaign_id = store.campaigns.add(
         organization_id=ORGANIZATION_INJECTION,
         name=joined,
         status="asset_generated",
@@ -378,7 +378,9 @@ def test_injection_strings_in_every_text_field_round_trip_and_harm_nothing(
     other = {"name": "x", "attributes": {"note": "n"}}
     refused = {f"p{i}": {"phone_number": text, **other} for i, text in enumerate(texts)}
     refused |= {text: {"phone_number": PHONES[1], **other} for text in texts if len(text) <= 36}
-    store.add_recipients(campaign_id, [{"id": i} | r for i, r in (sent | refused).items()])
+    store.campaigns.add_recipients(
+        campaign_id, [{"id": i} | r for i, r in (sent | refused).items()]
+    )
     queue = make_sqs_queue(fifo=False)
 
     result = process_campaign_messages.execute_in_process(
@@ -401,7 +403,7 @@ def test_injection_strings_in_every_text_field_round_trip_and_harm_nothing(
     assert {i: (r.phone_number, r.name, r.attributes) for i, r in stored.items()} == {
         i: (r["phone_number"], r["name"], r["attributes"]) for i, r in (sent | refused).items()
     }
-    assert store.get_campaign(campaign_id)["name"] == joined
+    assert store.campaigns.get(campaign_id)["name"] == joined
     report = check_campaign_invariant(store, campaign_id, sqs_client, queue.queue_url, fifo=False)
     assert set(report.bodies) == set(sent)
     for audience_id, recipient in sent.items():
@@ -429,12 +431,12 @@ def test_postgresql_refuses_nul_in_text_and_keeps_the_tables_as_they_were(
     postgres_store: CampaignStore,
 ) -> None:
     """NUL cannot be stored in a PostgreSQL text column: the insert fails whole, nothing else."""
-    campaign_id = postgres_store.add_campaign(
+    campaign_id = postgres_store.campaigns.add(
         organization_id=ORGANIZATION_ID, status="asset_generated", message_type="text"
     )
     before = table_snapshot(postgres_store, campaign_id)
     with pytest.raises(sa.exc.DataError, match="NUL"):
-        postgres_store.add_recipients(
+        postgres_store.campaigns.add_recipients(
             campaign_id,
             [
                 {"phone_number": PHONES[0], "name": "ok"},
@@ -442,14 +444,14 @@ def test_postgresql_refuses_nul_in_text_and_keeps_the_tables_as_they_were(
             ],
         )
     with pytest.raises(sa.exc.DataError, match="NUL"):
-        postgres_store.add_campaign(
+        postgres_store.campaigns.add(
             organization_id=ORGANIZATION_ID, name="a\x00'; --", message_type="text"
         )
     assert table_snapshot(postgres_store, campaign_id) == before
     with postgres_store.engine.connect() as connection:
         assert connection.scalar(sa.select(sa.func.count()).select_from(campaigns)) == 1
     # In JSON attributes NUL is an escape, which PostgreSQL keeps.
-    postgres_store.add_recipients(
+    postgres_store.campaigns.add_recipients(
         campaign_id, [{"phone_number": PHONES[0], "attributes": {"a\x00": "b\x00'; --"}}]
     )
     (row,) = table_snapshot(postgres_store, campaign_id)[1]

@@ -12,21 +12,21 @@ from collections.abc import Iterator
 import dagster as dg
 import pytest
 
-from campaign_pipeline.defs.tags import RESUME_ATTEMPT_TAG
-from campaign_pipeline.errors import SettingsError
-from campaign_pipeline.jobs import process_campaign_messages
-from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.sensors import (
+from campaign_pipeline.defs.jobs import process_campaign_messages
+from campaign_pipeline.defs.sensors import (
     asset_generated_campaigns_sensor,
     record_campaign_run_failure,
     resume_stalled_campaigns_sensor,
 )
+from campaign_pipeline.defs.tags import RESUME_ATTEMPT_TAG
+from campaign_pipeline.errors import SettingsError
+from campaign_pipeline.resources.campaign_store import CampaignStore
 
 ORGANIZATION_ID = "123e4567-e89b-12d3-a456-426614174000"
 
 
 def add_campaign(store: CampaignStore, status: str = "asset_generated") -> str:
-    return store.add_campaign(
+    return store.campaigns.add(
         organization_id=ORGANIZATION_ID,
         name="sensor test",
         status=status,
@@ -81,8 +81,8 @@ def test_reset_campaign_gets_a_new_run_key(store: CampaignStore) -> None:
     """A campaign processed and set back to asset_generated is requested again under a new key."""
     campaign_id = add_campaign(store)
     (first,) = evaluate(store).run_requests
-    store.claim(campaign_id, "run-1", lease_seconds=60)
-    store.finish(campaign_id, "run-1")
+    store.claims.claim(campaign_id, "run-1", lease_seconds=60)
+    store.claims.finish(campaign_id, "run-1")
     assert isinstance(evaluate(store), dg.SkipReason)
     with store.engine.begin() as connection:
         connection.exec_driver_sql(
@@ -113,9 +113,9 @@ def instance() -> Iterator[dg.DagsterInstance]:
 def stall(store: CampaignStore) -> str:
     """A campaign a crashed run left ready_to_launch with a pending recipient."""
     campaign_id = add_campaign(store)
-    store.add_recipients(campaign_id, [{"phone_number": "+15550000001"}])
-    store.claim(campaign_id, "crashed-run", lease_seconds=60)
-    store.release(campaign_id, "crashed-run")
+    store.campaigns.add_recipients(campaign_id, [{"phone_number": "+15550000001"}])
+    store.claims.claim(campaign_id, "crashed-run", lease_seconds=60)
+    store.claims.release(campaign_id, "crashed-run")
     return campaign_id
 
 
@@ -132,8 +132,8 @@ def test_recovery_skips_campaigns_that_are_not_stalled(
     """Waiting, failed, or ready_to_launch with nothing pending: nothing to resume."""
     pending = [{"phone_number": "+15550000001"}]
     for status in ("asset_generated", "failed"):
-        store.add_recipients(add_campaign(store, status=status), pending)
-    store.add_recipients(
+        store.campaigns.add_recipients(add_campaign(store, status=status), pending)
+    store.campaigns.add_recipients(
         add_campaign(store, status="ready_to_launch"), [pending[0] | {"status": "ready_to_send"}]
     )
     add_campaign(store, status="ready_to_launch")
@@ -163,12 +163,12 @@ def test_recovery_waits_for_the_lease_of_a_run_this_instance_does_not_know(
 ) -> None:
     """A lease held by a stranger run may be live: resumed only once it expires."""
     campaign_id = add_campaign(store)
-    store.add_recipients(campaign_id, [{"phone_number": "+15550000001"}])
-    store.claim(campaign_id, "run-of-another-instance", lease_seconds=300)
+    store.campaigns.add_recipients(campaign_id, [{"phone_number": "+15550000001"}])
+    store.claims.claim(campaign_id, "run-of-another-instance", lease_seconds=300)
     assert isinstance(evaluate_recovery(store, instance), dg.SkipReason)
-    assert store.get_campaign(campaign_id)["resume_attempts"] == 0
+    assert store.campaigns.get(campaign_id)["resume_attempts"] == 0
 
-    store.claim(campaign_id, "run-of-another-instance", lease_seconds=-1)  # expired
+    store.claims.claim(campaign_id, "run-of-another-instance", lease_seconds=-1)  # expired
     (request,) = evaluate_recovery(store, instance).run_requests
     assert request.tags["campaign_id"] == campaign_id
 
@@ -214,7 +214,7 @@ def test_recovery_sensors_run_by_default() -> None:
 def test_recovery_interval_comes_from_background_job_interval() -> None:
     """BACKGROUND_JOB_INTERVAL (milliseconds) sets the resume sensor's interval (seconds)."""
     code = (
-        "from campaign_pipeline.sensors import resume_stalled_campaigns_sensor as s;"
+        "from campaign_pipeline.defs.sensors import resume_stalled_campaigns_sensor as s;"
         "print(s.minimum_interval_seconds)"
     )
     env = os.environ | {"BACKGROUND_JOB_INTERVAL": "15000"}

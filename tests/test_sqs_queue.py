@@ -16,18 +16,13 @@ from botocore.exceptions import ProfileNotFound
 from botocore.stub import Stubber
 from dagster_aws.utils import ResourceWithBoto3Configuration
 
-from campaign_pipeline.dispatch import queue_campaign_messages
+from campaign_pipeline.defs.jobs import campaign_run_config, process_campaign_messages
 from campaign_pipeline.errors import IncompleteAnswer, SettingsError
-from campaign_pipeline.jobs import campaign_run_config, process_campaign_messages
 from campaign_pipeline.privacy import mask_phone_numbers
 from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.resources.sqs_queue import (
-    BatchResult,
-    SqsQueue,
-    backoff_seconds,
-    is_retryable,
-)
-from tests.conftest import REGION, drain
+from campaign_pipeline.resources.sqs_queue import SqsQueue
+from campaign_pipeline.sqs import BatchResult, backoff_seconds, is_retryable
+from tests.conftest import REGION, drain, send_shard
 from tests.fault_proxy import FaultProxy
 from tests.test_campaign_store import add_recipients, add_template_campaign
 
@@ -97,7 +92,7 @@ def test_a_throttled_entry_is_sent_again_and_queued(code: str) -> None:
         batch_request(["a0"]),
     )
     with stubber:
-        result = queue.send_batch(CAMPAIGN_ID, *messages(1))
+        result = queue.batch_queue().send_batch(CAMPAIGN_ID, *messages(1))
     stubber.assert_no_pending_responses()
     assert accepted(result) == {"a0": "m0"} and not result.rejected
 
@@ -130,7 +125,7 @@ def test_a_rejected_entrys_message_is_kept_with_phone_numbers_masked() -> None:
         "send_message_batch", {"Successful": [], "Failed": [failed]}, batch_request(["a0"])
     )
     with stubber:
-        result = queue.send_batch(CAMPAIGN_ID, *messages(1))
+        result = queue.batch_queue().send_batch(CAMPAIGN_ID, *messages(1))
     assert result.rejected == [
         ("a0", "InvalidParameterValue", "Value ***23 for parameter to is invalid")
     ]
@@ -148,7 +143,7 @@ def test_an_entry_sqs_leaves_out_of_its_answer_stays_pending_and_the_batch_says_
         batch_request(["a0", "a1", "a2"]),
     )
     with stubber:
-        result = queue.send_batch(CAMPAIGN_ID, *messages(3))
+        result = queue.batch_queue().send_batch(CAMPAIGN_ID, *messages(3))
     stubber.assert_no_pending_responses()  # nothing resent, not even the retryable a2
     assert accepted(result) == {"a0": "m0"} and not result.rejected
     assert isinstance(result.error, IncompleteAnswer)
@@ -202,7 +197,7 @@ def test_send_batch_retries_only_retryable_entries_and_never_resends_accepted() 
         batch_request(["a1", "a2"]),
     )
     with stubber:
-        result = queue.send_batch(CAMPAIGN_ID, *messages(4))
+        result = queue.batch_queue().send_batch(CAMPAIGN_ID, *messages(4))
     stubber.assert_no_pending_responses()
     assert accepted(result) == {"a0": "m0", "a1": "m1", "a2": "m2"}
     assert result.rejected == [("a3", "InvalidMessageContents", "no")]
@@ -220,7 +215,7 @@ def test_send_batch_gives_up_after_max_entry_retries() -> None:
     for _ in range(3):
         stubber.add_response("send_message_batch", failure, batch_request(["a0"]))
     with stubber:
-        result = queue.send_batch(CAMPAIGN_ID, *messages(1))
+        result = queue.batch_queue().send_batch(CAMPAIGN_ID, *messages(1))
     stubber.assert_no_pending_responses()
     assert result.rejected == [("a0", "InternalError", "")]
     assert not result.accepted_ids
@@ -240,7 +235,7 @@ def test_send_batch_keeps_known_outcomes_when_the_api_fails() -> None:
     )
     stubber.add_client_error("send_message_batch", "AccessDenied", http_status_code=403)
     with stubber:
-        result = queue.send_batch(CAMPAIGN_ID, *messages(2))
+        result = queue.batch_queue().send_batch(CAMPAIGN_ID, *messages(2))
     assert accepted(result) == {"a0": "m0"}
     assert not result.rejected
     assert result.error is not None
@@ -273,7 +268,7 @@ def test_credential_fields_sign_the_requests(
     queue.client.meta.events.register(
         "before-send.sqs", lambda request, **_: signed.append(request.headers["Authorization"])
     )
-    assert len(queue.send_batch(CAMPAIGN_ID, *messages(2)).accepted_ids) == 2
+    assert len(queue.batch_queue().send_batch(CAMPAIGN_ID, *messages(2)).accepted_ids) == 2
     assert signed
     assert all(b"Credential=AKIAFIELDKEY/" in header for header in signed)
 
@@ -296,8 +291,8 @@ def test_fifo_entries_carry_campaign_group_and_deduplication_ids(
 ) -> None:
     """On a FIFO queue the group is the campaign and a resend within 5 minutes is dropped."""
     queue = make_sqs_queue(fifo=True)
-    first = queue.send_batch(CAMPAIGN_ID, *messages(3))
-    again = queue.send_batch(CAMPAIGN_ID, *messages(3))
+    first = queue.batch_queue().send_batch(CAMPAIGN_ID, *messages(3))
+    again = queue.batch_queue().send_batch(CAMPAIGN_ID, *messages(3))
     assert len(first.accepted_ids) == len(again.accepted_ids) == 3
     received = drain(sqs_client, queue.queue_url)
     assert len(received) == 3
@@ -314,7 +309,7 @@ def test_fifo_group_id_comes_from_sqs_message_group_id(
     """SQS_MESSAGE_GROUP_ID replaces the per-campaign group."""
     monkeypatch.setenv("SQS_MESSAGE_GROUP_ID", "whatsapp-messages")
     queue = make_sqs_queue(fifo=True)
-    queue.send_batch(CAMPAIGN_ID, *messages(2))
+    queue.batch_queue().send_batch(CAMPAIGN_ID, *messages(2))
     received = drain(sqs_client, queue.queue_url)
     assert {m["Attributes"]["MessageGroupId"] for m in received} == {"whatsapp-messages"}
 
@@ -324,7 +319,7 @@ def test_the_resources_message_group_id_wins_over_sqs_message_group_id(
 ) -> None:
     monkeypatch.setenv("SQS_MESSAGE_GROUP_ID", "from-the-environment")
     queue = make_sqs_queue(fifo=True, message_group_id="from-the-resource")
-    queue.send_batch(CAMPAIGN_ID, *messages(2))
+    queue.batch_queue().send_batch(CAMPAIGN_ID, *messages(2))
     received = drain(sqs_client, queue.queue_url)
     assert {m["Attributes"]["MessageGroupId"] for m in received} == {"from-the-resource"}
 
@@ -334,7 +329,7 @@ def test_standard_queue_gets_plain_entries(
 ) -> None:
     """A standard queue takes the bodies as they are, without FIFO ids."""
     queue = make_sqs_queue(fifo=False)
-    result = queue.send_batch(CAMPAIGN_ID, *messages(10))
+    result = queue.batch_queue().send_batch(CAMPAIGN_ID, *messages(10))
     assert len(result.accepted_ids) == 10
     received = drain(sqs_client, queue.queue_url)
     assert sorted(json.loads(m["Body"])["n"] for m in received) == list(range(10))
@@ -347,7 +342,7 @@ def test_max_message_bytes_is_read_from_the_queue(make_sqs_queue: Callable[..., 
     queue.client.set_queue_attributes(
         QueueUrl=queue.queue_url, Attributes={"MaximumMessageSize": "2048"}
     )
-    assert queue.max_message_bytes() == 2048
+    assert queue.batch_queue().max_message_bytes() == 2048
 
 
 def test_send_batches_yields_every_batch_with_concurrent_calls(
@@ -356,7 +351,7 @@ def test_send_batches_yields_every_batch_with_concurrent_calls(
     """All batches come back, each entry exactly once, with several calls in flight."""
     queue = make_sqs_queue(fifo=False, max_concurrent_batches=4)
     batches = [messages(10, prefix=f"b{b}x") for b in range(6)]
-    results = list(queue.send_batches(CAMPAIGN_ID, batches))
+    results = list(queue.batch_queue().send_batches(CAMPAIGN_ID, batches))
     assert len(results) == 6
     ids = [i for r in results for i in r.accepted_ids]
     assert sorted(ids) == sorted(i for batch_ids, _ in batches for i in batch_ids)
@@ -377,7 +372,7 @@ def test_partial_batch_failure_against_the_real_endpoint(
 
     with FaultProxy(moto_endpoint, entry_fault=fault) as proxy:
         queue = make_sqs_queue(fifo=False, endpoint=proxy.url, retry_base_seconds=0)
-        result = queue.send_batch(CAMPAIGN_ID, *messages(4))
+        result = queue.batch_queue().send_batch(CAMPAIGN_ID, *messages(4))
     assert [(i, code) for i, code, _ in result.rejected] == [("a1", "InvalidParameterValue")]
     assert sorted(result.accepted_ids) == ["a0", "a2", "a3"]
     assert result.retried_entries == 1
@@ -393,7 +388,7 @@ def test_send_batches_stops_taking_batches_after_an_error(
         queue = make_sqs_queue(
             fifo=False, endpoint=proxy.url, max_attempts=2, max_concurrent_batches=1
         )
-        results = list(queue.send_batches(CAMPAIGN_ID, [messages(10)] * 5))
+        results = list(queue.batch_queue().send_batches(CAMPAIGN_ID, [messages(10)] * 5))
     assert len(results) == 1
     assert results[0].error is not None
     assert not results[0].accepted_ids and not results[0].rejected
@@ -421,7 +416,9 @@ def test_a_fair_group_id_is_sent_on_every_entry_of_a_standard_queue() -> None:
         request,
     )
     with stubber:
-        result = queue.send_batch(CAMPAIGN_ID, *messages(2), fair_group_id=ORGANIZATION_ID)
+        result = queue.batch_queue().send_batch(
+            CAMPAIGN_ID, *messages(2), fair_group_id=ORGANIZATION_ID
+        )
     stubber.assert_no_pending_responses()
     assert sorted(result.accepted_ids) == ["a0", "a1"]
 
@@ -439,9 +436,11 @@ def test_a_standard_queue_groups_messages_by_organization_or_campaign(
     """SQS_FAIR_QUEUE_GROUP names each message's group; moto stores it and hands it back."""
     monkeypatch.setenv("SQS_FAIR_QUEUE_GROUP", grouping)
     queue = make_sqs_queue(fifo=False)
-    group = queue.fair_group_id(CAMPAIGN_ID, ORGANIZATION_ID)
+    group = queue.batch_queue().fair_group_id(CAMPAIGN_ID, ORGANIZATION_ID)
     assert group == expected
-    results = list(queue.send_batches(CAMPAIGN_ID, [messages(10), messages(5, "b")], group))
+    results = list(
+        queue.batch_queue().send_batches(CAMPAIGN_ID, [messages(10), messages(5, "b")], group)
+    )
     assert sum(len(r.accepted_ids) for r in results) == 15
     received = drain(sqs_client, queue.queue_url)
     assert len(received) == 15
@@ -459,17 +458,9 @@ def test_a_campaigns_messages_carry_its_organization_as_their_group(
     monkeypatch.setenv("SQS_FAIR_QUEUE_GROUP", "organization")
     campaign_id = add_template_campaign(sqlite_store)
     add_recipients(sqlite_store, campaign_id, 25)
-    message = sqlite_store.claim(campaign_id, "run-1", 60).message
+    message = sqlite_store.claims.claim(campaign_id, "run-1", 60).message
     queue = make_sqs_queue(fifo=False)
-    stats = queue_campaign_messages(
-        message,
-        sqlite_store,
-        queue,
-        "run-1",
-        recipients_per_chunk=10,
-        outcomes_per_write=10,
-        lease_seconds=60,
-    )
+    stats = send_shard(sqlite_store, queue, message, recipients_per_chunk=10, outcomes_per_write=10)
     assert stats.queued == 25
     received = drain(sqs_client, queue.queue_url)
     assert len(received) == 25
@@ -481,9 +472,9 @@ def test_without_a_grouping_a_standard_queue_gets_no_group(
 ) -> None:
     """SQS_FAIR_QUEUE_GROUP unset: no MessageGroupId at all, as before fair queues."""
     queue = make_sqs_queue(fifo=False)
-    group = queue.fair_group_id(CAMPAIGN_ID, ORGANIZATION_ID)
+    group = queue.batch_queue().fair_group_id(CAMPAIGN_ID, ORGANIZATION_ID)
     assert group is None
-    list(queue.send_batches(CAMPAIGN_ID, [messages(3)], group))
+    list(queue.batch_queue().send_batches(CAMPAIGN_ID, [messages(3)], group))
     received = drain(sqs_client, queue.queue_url)
     assert len(received) == 3
     assert not any("MessageGroupId" in m["Attributes"] for m in received)
@@ -495,9 +486,9 @@ def test_a_fifo_queue_keeps_its_own_group_whatever_the_fair_grouping(
     """On a FIFO queue SQS_FAIR_QUEUE_GROUP is ignored: the group is still the campaign."""
     monkeypatch.setenv("SQS_FAIR_QUEUE_GROUP", "organization")
     queue = make_sqs_queue(fifo=True)
-    group = queue.fair_group_id(CAMPAIGN_ID, ORGANIZATION_ID)
+    group = queue.batch_queue().fair_group_id(CAMPAIGN_ID, ORGANIZATION_ID)
     assert group is None
-    list(queue.send_batches(CAMPAIGN_ID, [messages(3)], group))
+    list(queue.batch_queue().send_batches(CAMPAIGN_ID, [messages(3)], group))
     received = drain(sqs_client, queue.queue_url)
     assert {m["Attributes"]["MessageGroupId"] for m in received} == {CAMPAIGN_ID}
 
@@ -506,7 +497,7 @@ def test_the_resource_field_overrides_the_variable(monkeypatch: pytest.MonkeyPat
     """fair_queue_group on the resource wins over SQS_FAIR_QUEUE_GROUP."""
     monkeypatch.setenv("SQS_FAIR_QUEUE_GROUP", "organization")
     queue = SqsQueue(queue_url="https://x/q", region_name=REGION, fair_queue_group="campaign")
-    assert queue.fair_group_id(CAMPAIGN_ID, ORGANIZATION_ID) == CAMPAIGN_ID
+    assert queue.batch_queue().fair_group_id(CAMPAIGN_ID, ORGANIZATION_ID) == CAMPAIGN_ID
 
 
 def test_a_bad_fair_grouping_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -514,13 +505,13 @@ def test_a_bad_fair_grouping_is_one_line(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("SQS_FAIR_QUEUE_GROUP", "tenant")
     queue = SqsQueue(queue_url="https://x/q", region_name=REGION)
     with pytest.raises(SettingsError) as error:
-        queue.fair_group_id(CAMPAIGN_ID, ORGANIZATION_ID)
+        queue.batch_queue()
     assert str(error.value) == (
         "SQS_FAIR_QUEUE_GROUP must be one of organization, campaign, not 'tenant'"
     )
     field = SqsQueue(queue_url="https://x/q", region_name=REGION, fair_queue_group="org")
     with pytest.raises(SettingsError, match=r"^fair_queue_group must be one of"):
-        field.fair_group_id(CAMPAIGN_ID, ORGANIZATION_ID)
+        field.batch_queue()
 
 
 def test_a_bad_fair_grouping_fails_the_run_in_one_line_sending_nothing(
@@ -546,5 +537,5 @@ def test_a_bad_fair_grouping_fails_the_run_in_one_line_sending_nothing(
         "SQS_FAIR_QUEUE_GROUP must be one of organization, campaign, not 'tenant'"
     )
     assert drain(sqs_client, queue.queue_url) == []
-    assert postgres_store.count_recipients(campaign_id)["pending"] == 5
-    assert postgres_store.get_campaign(campaign_id)["lease_run_id"] is None
+    assert postgres_store.audience.counts(campaign_id)["pending"] == 5
+    assert postgres_store.campaigns.get(campaign_id)["lease_run_id"] is None

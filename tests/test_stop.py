@@ -1,6 +1,6 @@
 """Stopping a send: a pause or cancel of the campaign, or the caller's StopSignal, mid-flight.
 
-`queue_campaign_messages` runs against moto's SQS server over HTTP (FIFO queues, so each
+`ShardSend` runs against moto's SQS server over HTTP (FIFO queues, so each
 recipient is in the queue once) and the campaign store on SQLite and PostgreSQL, with batches
 slowed so a send lasts a few seconds. Then the whole job (`execute_in_process`, PostgreSQL)
 with the campaign paused mid-run and before the run, and the send op's interrupt path.
@@ -18,15 +18,18 @@ from typing import Any
 import dagster as dg
 import pytest
 from dagster._core.errors import raise_execution_interrupts
-from pydantic import PrivateAttr
 
+from campaign_pipeline.defs.jobs import process_campaign_messages
+from campaign_pipeline.defs.ops import CampaignConfig
+from campaign_pipeline.defs.ops.process_campaign import INTERRUPTS
 from campaign_pipeline.defs.tags import STOPPED_TAG
-from campaign_pipeline.dispatch import SendStats, StopSignal, queue_campaign_messages
-from campaign_pipeline.jobs import process_campaign_messages
-from campaign_pipeline.ops import CampaignConfig
-from campaign_pipeline.ops.process_campaign import _send_off_the_main_thread
 from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.resources.sqs_queue import BatchResult, SqsQueue
+from campaign_pipeline.resources.sqs_queue import SqsQueue
+from campaign_pipeline.sending.lease import Lease
+from campaign_pipeline.sending.shard import BatchQueue, ShardSend
+from campaign_pipeline.sending.stats import SendStats
+from campaign_pipeline.sending.stop import StopSignal
+from campaign_pipeline.sqs import SqsBatchQueue
 from tests.conftest import REGION
 from tests.fault_proxy import Call, FaultProxy
 from tests.invariant import InvariantReport, check_campaign_invariant, drain_queue
@@ -45,67 +48,75 @@ STOPS_WITHIN_SECONDS = 3.0
 LEASE_SECONDS = 60.0
 
 
-class SlowQueue(SqsQueue):
-    """An SqsQueue whose batches each take BATCH_SECONDS longer, and which counts them."""
+class SlowClient:
+    """A boto3 SQS client whose SendMessageBatch calls each take BATCH_SECONDS longer, counted."""
 
-    _sent: int = PrivateAttr(default=0)
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _reached: threading.Event = PrivateAttr(default_factory=threading.Event)
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.calls = 0
+        self._lock = threading.Lock()
+        self._reached = threading.Event()
 
-    def send_batch(self, campaign_id: str, ids: Any, bodies: Any) -> BatchResult:
+    def get_queue_attributes(self, **arguments: Any) -> Any:
+        return self.client.get_queue_attributes(**arguments)
+
+    def send_message_batch(self, **arguments: Any) -> Any:
         time.sleep(BATCH_SECONDS)
-        result = super().send_batch(campaign_id, ids, bodies)
+        response = self.client.send_message_batch(**arguments)
         with self._lock:
-            self._sent += 1
-            if self._sent >= STOP_AFTER_BATCHES:
+            self.calls += 1
+            if self.calls >= STOP_AFTER_BATCHES:
                 self._reached.set()
-        return result
+        return response
+
+
+class SlowQueue(SqsBatchQueue):
+    """The real batch queue over a `SlowClient`, one call in flight."""
+
+    client: SlowClient
 
     @property
     def batches_sent(self) -> int:
-        return self._sent
+        return self.client.calls
 
     def wait_for_batches(self, timeout: float = 30.0) -> None:
         """Block until STOP_AFTER_BATCHES batches have been answered."""
-        assert self._reached.wait(timeout), f"only {self._sent} batches sent in {timeout} s"
+        sent = self.client._reached.wait(timeout)
+        assert sent, f"only {self.batches_sent} batches sent in {timeout} s"
 
 
 @pytest.fixture
 def slow_queue(moto_endpoint: str, make_queue: Callable[..., str]) -> SlowQueue:
-    return SlowQueue(
-        queue_url=make_queue(fifo=True),
-        region_name=REGION,
-        endpoint_url=moto_endpoint,
-        max_concurrent_batches=1,
+    resource = SqsQueue(
+        queue_url=make_queue(fifo=True), region_name=REGION, endpoint_url=moto_endpoint
     )
+    return SlowQueue(SlowClient(resource.client), resource.queue_url, concurrency=1)
 
 
 def claimed_campaign(store: CampaignStore, run_id: str = "run-1") -> tuple[str, Any]:
     """A template campaign of RECIPIENTS pending recipients, claimed by `run_id`."""
     campaign_id = add_template_campaign(store)
     add_recipients(store, campaign_id, RECIPIENTS)
-    return campaign_id, store.claim(campaign_id, run_id, LEASE_SECONDS).message
+    return campaign_id, store.claims.claim(campaign_id, run_id, LEASE_SECONDS).message
+
+
+def shard_send(store: CampaignStore, queue: BatchQueue, message: Any) -> ShardSend:
+    lease = Lease(store.claims, message.campaign_id, "run-1", LEASE_SECONDS)
+    return ShardSend(
+        message, lease, store.audience, queue, recipients_per_chunk=100, outcomes_per_write=10
+    )
 
 
 def send(
-    store: CampaignStore, queue: SqsQueue, message: Any, stop: StopSignal | None = None
+    store: CampaignStore, queue: BatchQueue, message: Any, stop: StopSignal | None = None
 ) -> SendStats:
-    return queue_campaign_messages(
-        message,
-        store,
-        queue,
-        "run-1",
-        recipients_per_chunk=100,
-        outcomes_per_write=10,
-        lease_seconds=LEASE_SECONDS,
-        stop=stop,
-    )
+    return shard_send(store, queue, message).run(stop)
 
 
 def assert_counts_match_recipients(store: CampaignStore, campaign_id: str) -> dict[str, int]:
     """The campaign's queued, failed and pending counts are its recipients' (live counts)."""
-    counts = store.count_recipients(campaign_id)
-    campaign = store.get_campaign(campaign_id)
+    counts = store.audience.counts(campaign_id)
+    campaign = store.campaigns.get(campaign_id)
     assert campaign is not None
     assert (campaign["queued_count"], campaign["failed_count"], campaign["pending_count"]) == (
         counts["ready_to_send"],
@@ -130,7 +141,7 @@ def assert_stopped_cleanly(
     return report
 
 
-# queue_campaign_messages, on both databases
+# ShardSend, on both databases
 
 
 @pytest.mark.parametrize("how", ["pause", "cancel", "signal"])
@@ -146,7 +157,7 @@ def test_a_stop_while_sending_ends_the_send_soon_and_cleanly(
         if how == "signal":
             stop.stop("terminated")
         else:
-            store.control(campaign_id, how, ACTOR)  # type: ignore[arg-type]
+            store.control.apply(campaign_id, how, ACTOR)  # type: ignore[arg-type]
         stopped_at = time.monotonic()
         stats, returned_at = sending.result(timeout=30)
     assert returned_at - stopped_at < STOPS_WITHIN_SECONDS
@@ -155,7 +166,7 @@ def test_a_stop_while_sending_ends_the_send_soon_and_cleanly(
     report = assert_stopped_cleanly(store, campaign_id, sqs_client, slow_queue.queue_url)
     assert report.pending > 0
     assert report.queued == stats.queued == slow_queue.batches_sent * 10
-    campaign = store.get_campaign(campaign_id)
+    campaign = store.campaigns.get(campaign_id)
     assert campaign["status"] == {"pause": "paused", "cancel": "cancelled"}.get(
         how, "ready_to_launch"
     )
@@ -184,7 +195,7 @@ def test_a_stop_before_the_send_sends_nothing(
 ) -> None:
     """A campaign paused or cancelled after its claim, before sending: no batch, all pending."""
     campaign_id, message = claimed_campaign(store)
-    store.control(campaign_id, command, ACTOR)  # type: ignore[arg-type]
+    store.control.apply(campaign_id, command, ACTOR)  # type: ignore[arg-type]
     stats = send(store, slow_queue, message)
     assert stats.stopped == ("paused" if command == "pause" else "cancelled")
     assert (stats.recipients, stats.queued, stats.failed, stats.batches) == (0, 0, 0, 0)
@@ -200,7 +211,7 @@ def test_an_unstopped_send_finishes(
     store = postgres_store
     campaign_id = add_template_campaign(store)
     add_recipients(store, campaign_id, 40)
-    message = store.claim(campaign_id, "run-1", LEASE_SECONDS).message
+    message = store.claims.claim(campaign_id, "run-1", LEASE_SECONDS).message
     stats = send(store, slow_queue, message)
     assert (stats.stopped, stats.queued) == (None, 40)
     report = check_campaign_invariant(
@@ -229,7 +240,7 @@ def test_an_interrupt_of_the_send_op_lets_the_batches_in_flight_land(
     # As Dagster runs an op's body: SIGINT raises DagsterExecutionInterruptedError.
     with pytest.raises(dg.DagsterExecutionInterruptedError), raise_execution_interrupts():
         interrupter.start()
-        _send_off_the_main_thread(lambda: send(store, slow_queue, message, stop), stop)
+        shard_send(store, slow_queue, message).run(stop, interrupts=INTERRUPTS)
     interrupter.join()
     assert time.monotonic() - started < 10
     assert stop.reason == "terminated"
@@ -298,7 +309,7 @@ def test_a_run_paused_mid_send_succeeds_and_says_who_stopped_it(
             STOP_AFTER_BATCHES,
             "received",
         ):
-            store.control(campaign_id, "pause", ACTOR)
+            store.control.apply(campaign_id, "pause", ACTOR)
 
     with FaultProxy(
         moto_endpoint, delay_seconds=BATCH_SECONDS, hook=pause_at_the_fifth_batch
@@ -319,7 +330,7 @@ def test_a_run_paused_mid_send_succeeds_and_says_who_stopped_it(
     counts = result.output_for_node("complete_campaign")
     assert counts["pending"] > 0 and counts["ready_to_send"] > 0
     assert f"; {counts['pending']} recipients stay pending" in stopped
-    campaign = store.get_campaign(campaign_id)
+    campaign = store.campaigns.get(campaign_id)
     assert (campaign["status"], campaign["paused_by"], campaign["lease_run_id"]) == (
         "paused",
         ACTOR,
@@ -348,8 +359,8 @@ def test_a_run_of_a_paused_campaign_succeeds_and_sends_nothing(
     store = postgres_store
     campaign_id = add_template_campaign(store)
     add_recipients(store, campaign_id, 20)
-    store.control(campaign_id, "pause", ACTOR)
-    version = store.get_campaign(campaign_id)["version"]
+    store.control.apply(campaign_id, "pause", ACTOR)
+    version = store.campaigns.get(campaign_id)["version"]
     queue = make_sqs_queue(fifo=True)
     result = run_job(store, queue, campaign_id, instance)
     assert result.success
@@ -364,10 +375,10 @@ def test_a_run_of_a_paused_campaign_succeeds_and_sends_nothing(
     tag = instance.get_run_by_id(result.run_id).tags[STOPPED_TAG]
     assert f"campaign {campaign_id} is paused (by {ACTOR} at " in tag
     assert drain_queue(sqs_client, queue.queue_url) == []
-    campaign = store.get_campaign(campaign_id)
+    campaign = store.campaigns.get(campaign_id)
     assert (campaign["status"], campaign["version"], campaign["lease_run_id"]) == (
         "paused",
         version,
         None,
     )
-    assert store.count_recipients(campaign_id)["pending"] == 20
+    assert store.audience.counts(campaign_id)["pending"] == 20

@@ -32,14 +32,14 @@ Answer = Callable[[dict[str, Any], dict[str, str]], tuple[int, str, bytes]]
 
 
 def add_campaign(store: CampaignStore, status: str = "asset_generated", pending: int = 2) -> str:
-    campaign_id = store.add_campaign(
+    campaign_id = store.campaigns.add(
         organization_id=ORGANIZATION_ID,
         name="t",
         status=status,
         message_type="text",
         message_content="Hi {{name}}",
     )
-    store.add_recipients(
+    store.campaigns.add_recipients(
         campaign_id, [{"phone_number": f"+1555000{i:04d}"} for i in range(pending)]
     )
     return campaign_id
@@ -199,7 +199,7 @@ def test_trigger_launches_with_the_sensors_config_and_passes_headers(
     assert params["executionMetadata"]["tags"] == [
         {"key": "campaign_id", "value": campaign_id},
         {"key": "organization_id", "value": ORGANIZATION_ID},
-        {"key": "campaign_name", "value": sqlite_store.get_campaign(campaign_id)["name"]},
+        {"key": "campaign_name", "value": sqlite_store.campaigns.get(campaign_id)["name"]},
     ]
 
 

@@ -393,7 +393,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     def known(campaign_id: uuid.UUID) -> str:
         """The id in canonical form, once the campaign is known to exist."""
         canonical = str(campaign_id)
-        if store.campaign_status(canonical) is None:
+        if store.claims.status(canonical) is None:
             raise ApiError(404, f"campaign {canonical} does not exist")
         return canonical
 
@@ -494,7 +494,9 @@ def create_app(settings: ApiSettings) -> FastAPI:
         token: ApiToken,
         accept_invalid: bool = False,
     ) -> dict[str, Any]:
-        result = store.control(str(campaign_id), command, actor(request, token), accept_invalid)
+        result = store.control.apply(
+            str(campaign_id), command, actor(request, token), accept_invalid
+        )
         return {
             "campaign_id": result.campaign_id,
             "command": result.command,

@@ -13,7 +13,7 @@ from campaign_pipeline.cli.common import (
     err,
     sqlite_file,
 )
-from campaign_pipeline.resources.campaign_store import default_database_url
+from campaign_pipeline.store.engine import default_database_url
 
 SERVE_API_DESCRIPTION = (
     "Serve the spec's HTTP API: POST /api/campaigns/{id}/process-messages and GET "

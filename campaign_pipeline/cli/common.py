@@ -139,7 +139,7 @@ def open_queue(queue_url: str | None = None) -> SqsQueue:
         raise CliError(f"the SQS endpoint is not usable: {one_line(error)}") from None
     where = f"queue {queue_url} (endpoint {endpoint})"
     try:
-        queue.max_message_bytes()
+        queue.batch_queue().max_message_bytes()
     except botocore.exceptions.ClientError as error:
         details = error.response.get("Error", {})
         code = details.get("Code", "Unknown")

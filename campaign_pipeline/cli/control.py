@@ -25,9 +25,10 @@ from campaign_pipeline.cli.common import (
 )
 from campaign_pipeline.errors import CampaignControlError
 from campaign_pipeline.lifecycle import Command
-from campaign_pipeline.resources.campaign_control import ControlResult
-from campaign_pipeline.resources.campaign_store import CampaignStore, default_database_url
+from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.settings import campaign_processing_interval_seconds
+from campaign_pipeline.store.engine import default_database_url
+from campaign_pipeline.store.records import ControlResult
 
 AFTER = {
     "pause": "a run sending for it stops within seconds, leaving the rest pending",
@@ -77,7 +78,7 @@ def _apply(args: argparse.Namespace, command: Command) -> int:
     accept_invalid = getattr(args, "accept_invalid", False)
     result = _change(
         campaign_id,
-        lambda store: store.control(campaign_id, command, operator(), accept_invalid),
+        lambda store: store.control.apply(campaign_id, command, operator(), accept_invalid),
     )
     out(result.message + _after(result))
     return 0
@@ -117,7 +118,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         raise CliError("give either a time or --clear")
     campaign_id = parse_campaign_id(args.campaign_id)
     result = _change(
-        campaign_id, lambda store: store.schedule(campaign_id, args.send_at, operator())
+        campaign_id, lambda store: store.control.schedule(campaign_id, args.send_at, operator())
     )
     past = args.send_at is not None and args.send_at <= datetime.now(UTC)
     out(result.message + ("; that is past, so it is due now" if past else ""))

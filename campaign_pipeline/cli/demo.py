@@ -47,10 +47,11 @@ from campaign_pipeline.demo import (
     seed_demo_campaigns,
     stop_process,
 )
-from campaign_pipeline.dispatch import merge_stats
-from campaign_pipeline.resources.campaign_store import DATABASE_URL_VARIABLE, CampaignStore
+from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
+from campaign_pipeline.sending.stats import merge_stats
 from campaign_pipeline.settings import campaign_processing_interval_seconds
+from campaign_pipeline.store.engine import DATABASE_URL_VARIABLE
 
 DEMO_REGION = "us-east-1"
 DEMO_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "demo", "AWS_SECRET_ACCESS_KEY": "demo"}
@@ -71,7 +72,7 @@ def _demo_table(store: CampaignStore, campaign_ids: Sequence[str]) -> list[str]:
     header = ("campaign", "type", "status", "queued", "failed", "pending")
     rows: list[tuple[str, ...]] = [header]
     for campaign_id in campaign_ids:
-        campaign = store.get_campaign(campaign_id) or {}
+        campaign = store.campaigns.get(campaign_id) or {}
         rows.append(
             (
                 str(campaign.get("name", campaign_id)),
@@ -93,7 +94,7 @@ def _demo_table(store: CampaignStore, campaign_ids: Sequence[str]) -> list[str]:
 def _demo_once(args: argparse.Namespace, campaign_ids: Sequence[str], queue_url: str) -> int:
     """Process the demo campaigns here, through the sensor and the job, and print what happened."""
     from campaign_pipeline.definitions import defs  # importing it reads the settings
-    from campaign_pipeline.sensors import asset_generated_campaigns_sensor
+    from campaign_pipeline.defs.sensors import asset_generated_campaigns_sensor
 
     job = defs.get_job_def(JOB_NAME)
     store = CampaignStore()

@@ -42,8 +42,9 @@ from campaign_pipeline.cli.common import (
     pretty,
     whole_number,
 )
-from campaign_pipeline.resources.campaign_store import CampaignStore, default_database_url
+from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.sqs_status import sqs_status_from_environment
+from campaign_pipeline.store.engine import default_database_url
 
 T = TypeVar("T")
 
@@ -101,7 +102,7 @@ def message_body(message: dict[str, Any]) -> Any:
 def cmd_messages(args: argparse.Namespace) -> int:
     """Print messages waiting in the queue as a JSON list, without consuming them."""
     queue = open_queue(args.queue_url)
-    total = queue.attributes().get("ApproximateNumberOfMessages", "?")
+    total = queue.batch_queue().attributes().get("ApproximateNumberOfMessages", "?")
     messages = peek_messages(queue.client, queue.queue_url, args.limit)
     err(
         f"{len(messages)} of about {total} messages in {queue.queue_url} "
@@ -140,7 +141,7 @@ def _read_campaign(campaign_id: str, read: Callable[[CampaignStore], T]) -> T:
     url = default_database_url()
     store = open_store(url)
     try:
-        if store.get_campaign(campaign_id) is None:
+        if store.campaigns.get(campaign_id) is None:
             raise CliError(f"campaign {campaign_id} does not exist in {display_database_url(url)}")
         return read(store)
     except sa.exc.SQLAlchemyError as error:

@@ -30,12 +30,9 @@ from campaign_pipeline.cli.common import (
     with_console_log_level,
 )
 from campaign_pipeline.defs.tags import JOB_NAME, STOPPED_TAG
-from campaign_pipeline.dispatch import merge_stats
-from campaign_pipeline.resources.campaign_store import (
-    DATABASE_URL_VARIABLE,
-    CampaignStore,
-    default_database_url,
-)
+from campaign_pipeline.resources.campaign_store import CampaignStore
+from campaign_pipeline.sending.stats import merge_stats
+from campaign_pipeline.store.engine import DATABASE_URL_VARIABLE, default_database_url
 
 # libpq's default is to wait about two minutes for a server that does not answer.
 POSTGRES_CONNECT_TIMEOUT_SECONDS = "10"
@@ -76,7 +73,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     shown = display_database_url(url)
     store = open_store(url)
     try:
-        campaign = store.get_campaign(campaign_id)
+        campaign = store.campaigns.get(campaign_id)
         if campaign is None:
             raise CliError(f"campaign {campaign_id} does not exist in {shown}")
         from campaign_pipeline.trigger import operator_refusal
@@ -91,8 +88,12 @@ def cmd_process(args: argparse.Namespace) -> int:
     ensure_dagster_home(Path(".dagster"))
 
     from campaign_pipeline.definitions import defs  # importing it reads the settings
+    from campaign_pipeline.defs.jobs import (
+        CAMPAIGN_EXECUTOR,
+        campaign_partitions,
+        campaign_run_config,
+    )
     from campaign_pipeline.defs.tags import campaign_tags
-    from campaign_pipeline.jobs import CAMPAIGN_EXECUTOR, campaign_partitions, campaign_run_config
     from campaign_pipeline.settings import campaign_send_processes
 
     job = defs.get_job_def(JOB_NAME)

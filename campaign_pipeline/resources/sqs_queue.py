@@ -1,12 +1,9 @@
-"""The SQS queue the WhatsApp sender consumes, spoken to in batches through boto3."""
+"""The SQS queue as a Dagster resource: where it is, how to reach it, and a client made once a run.
 
-import os
-import random
-import time
-from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+Configuration and a factory only: `batch_queue()` hands out `sqs.SqsBatchQueue`, which sends.
+"""
+
+from collections.abc import Sequence
 from typing import Any
 
 import boto3
@@ -15,55 +12,16 @@ from botocore.config import Config as BotocoreConfig
 from dagster_aws.utils import ResourceWithBoto3Configuration
 from pydantic import Field, PrivateAttr
 
-from campaign_pipeline.errors import IncompleteAnswer, SettingsError
-from campaign_pipeline.privacy import mask_phone_numbers
+from campaign_pipeline.errors import SettingsError
 from campaign_pipeline.settings import one_of, positive_int
+from campaign_pipeline.sqs import SqsBatchQueue, is_fifo_queue
 
-# Per-entry failures SQS reports as sender faults although a later attempt can succeed.
-THROTTLING_CODES = frozenset(
-    {
-        "RequestThrottled",
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "TooManyRequestsException",
-        "KMS.ThrottlingException",
-    }
-)
-
-GROUP_ID_VARIABLE = "SQS_MESSAGE_GROUP_ID"
 CONCURRENCY_VARIABLE = "SQS_MAX_CONCURRENT_BATCHES"
 FAIR_QUEUE_GROUP_VARIABLE = "SQS_FAIR_QUEUE_GROUP"
 # What a standard queue's MessageGroupId names, turning it into a fair queue: each
 # organization (or each campaign) is one tenant.
 FAIR_QUEUE_GROUPS = ("organization", "campaign")
 DEFAULT_MAX_CONCURRENT_BATCHES = 64
-
-
-@dataclass
-class BatchResult:
-    """What SQS did with one batch, after its retries, as columns.
-
-    `accepted_ids[i]` was queued as `message_ids[i]`; `rejected` holds (id, error code, error
-    message) of entries SQS refused for good. When `error` is set (the API call itself failed past
-    its retries), entries in neither list were never confirmed and must stay pending.
-    """
-
-    accepted_ids: list[str] = field(default_factory=list)
-    message_ids: list[str] = field(default_factory=list)
-    rejected: list[tuple[str, str, str]] = field(default_factory=list)
-    retried_entries: int = 0
-    error: Exception | None = None
-
-
-def is_retryable(failure: dict[str, Any]) -> bool:
-    """Whether a `Failed` entry of SendMessageBatch is worth sending again."""
-    return not failure.get("SenderFault", False) or failure.get("Code") in THROTTLING_CODES
-
-
-def backoff_seconds(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with full jitter (AWS's recommendation), for retry `attempt` >= 0."""
-    return random.uniform(0, min(cap, base * 2**attempt))
 
 
 class SqsQueue(ResourceWithBoto3Configuration):
@@ -97,10 +55,9 @@ class SqsQueue(ResourceWithBoto3Configuration):
     max_concurrent_batches: int | None = Field(
         default=None,
         ge=1,
-        description="SendMessageBatch calls in flight at once, to cover the network round trip. "
-        f"Unset: {CONCURRENCY_VARIABLE}, else {DEFAULT_MAX_CONCURRENT_BATCHES}: behind 20 ms of "
-        "latency, 16 sent 4,300 messages/s and 64 sent 6,200/s, where botocore alone peaked at "
-        "8,200/s (benchmarks/compare.py). A FIFO queue without high throughput mode takes 300 "
+        description="SendMessageBatch calls in flight at once, to cover the network round trip "
+        f"(docs/benchmarks.md). Unset: {CONCURRENCY_VARIABLE}, else "
+        f"{DEFAULT_MAX_CONCURRENT_BATCHES}. A FIFO queue without high throughput mode takes 300 "
         "calls/s: SQS throttles the excess and the calls are retried.",
     )
     max_attempts: int = Field(
@@ -117,7 +74,7 @@ class SqsQueue(ResourceWithBoto3Configuration):
     read_timeout_seconds: float = Field(default=20.0, description="Response read timeout.")
 
     _client: Any = PrivateAttr(default=None)
-    _max_message_bytes: int | None = PrivateAttr(default=None)
+    _batch_queue: SqsBatchQueue | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Make the boto3 client once per run; boto3 clients are thread-safe."""
@@ -147,8 +104,8 @@ class SqsQueue(ResourceWithBoto3Configuration):
                 connect_timeout=connect_timeout_seconds or self.connect_timeout_seconds,
                 read_timeout=read_timeout_seconds or self.read_timeout_seconds,
                 max_pool_connections=max(10, self.concurrency),
-                # Entries are built here, typed and sized; SQS validates them again anyway.
-                # Skipping botocore's client-side check saves ~8% of its CPU per call.
+                # Entries are built here, typed and sized; SQS validates them again anyway,
+                # so botocore's own check of every call would only cost CPU.
                 parameter_validation=False,
             ),
         )
@@ -187,29 +144,29 @@ class SqsQueue(ResourceWithBoto3Configuration):
             )
         return self.fair_queue_group
 
-    def fair_group_id(self, campaign_id: str, organization_id: str) -> str | None:
-        """The MessageGroupId of a campaign's messages on a standard (fair) queue, if any.
-
-        None on a FIFO queue, whose group is `message_group_id` (or SQS_MESSAGE_GROUP_ID, or the
-        campaign), and on a standard queue without a grouping.
-
-        Raises:
-            SettingsError: the grouping is neither 'organization' nor 'campaign'.
-        """
-        grouping = self.fair_queue_grouping
-        if self.is_fifo or grouping is None:
-            return None
-        return organization_id if grouping == "organization" else campaign_id
-
     @property
     def is_fifo(self) -> bool:
-        """FIFO queues are named `*.fifo`."""
-        return self.queue_url.endswith(".fifo")
+        """Whether the queue is a FIFO queue."""
+        return is_fifo_queue(self.queue_url)
 
-    def attributes(self) -> dict[str, str]:
-        """All of the queue's attributes (GetQueueAttributes)."""
-        response = self.client.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["All"])
-        return response.get("Attributes", {})
+    def batch_queue(self) -> SqsBatchQueue:
+        """The queue to send to, made once (it remembers the queue's MaximumMessageSize).
+
+        Raises:
+            SettingsError: SQS_MAX_CONCURRENT_BATCHES or SQS_FAIR_QUEUE_GROUP is unusable.
+        """
+        if self._batch_queue is None:
+            self._batch_queue = SqsBatchQueue(
+                self.client,
+                self.queue_url,
+                message_group_id=self.message_group_id,
+                fair_grouping=self.fair_queue_grouping,
+                concurrency=self.concurrency,
+                max_entry_retries=self.max_entry_retries,
+                retry_base_seconds=self.retry_base_seconds,
+                retry_cap_seconds=self.retry_cap_seconds,
+            )
+        return self._batch_queue
 
     @property
     def resolved_endpoint_url(self) -> str:
@@ -245,126 +202,3 @@ class SqsQueue(ResourceWithBoto3Configuration):
         finally:
             client.close()
         return response.get("Attributes", {})
-
-    def max_message_bytes(self) -> int:
-        """The queue's `MaximumMessageSize`, which also bounds a whole batch."""
-        if self._max_message_bytes is None:
-            self._max_message_bytes = int(self.attributes()["MaximumMessageSize"])
-        return self._max_message_bytes
-
-    def _entries(
-        self,
-        campaign_id: str,
-        ids: Sequence[str],
-        bodies: Sequence[str],
-        fair_group_id: str | None = None,
-    ) -> list[dict[str, str]]:
-        if not self.is_fifo:
-            if fair_group_id is not None:
-                return [
-                    {"Id": i, "MessageBody": b, "MessageGroupId": fair_group_id}
-                    for i, b in zip(ids, bodies, strict=True)
-                ]
-            return [{"Id": i, "MessageBody": b} for i, b in zip(ids, bodies, strict=True)]
-        group_id = self.message_group_id or os.environ.get(GROUP_ID_VARIABLE) or campaign_id
-        # A resend of the same recipient within SQS's 5-minute window is dropped by SQS.
-        return [
-            {
-                "Id": i,
-                "MessageBody": b,
-                "MessageGroupId": group_id,
-                "MessageDeduplicationId": f"{campaign_id}:{i}",
-            }
-            for i, b in zip(ids, bodies, strict=True)
-        ]
-
-    def send_batch(
-        self,
-        campaign_id: str,
-        ids: Sequence[str],
-        bodies: Sequence[str],
-        fair_group_id: str | None = None,
-    ) -> BatchResult:
-        """Send up to ten messages (entry Id = audience id), retrying only passing failures.
-
-        Accepted entries are never sent again. An API error that outlasts botocore's retries
-        ends the batch with `error` set, keeping the outcomes already known. `fair_group_id`
-        (see `fair_group_id()`) is each message's MessageGroupId on a standard queue.
-        """
-        entries = {
-            entry["Id"]: entry for entry in self._entries(campaign_id, ids, bodies, fair_group_id)
-        }
-        result = BatchResult()
-        to_send = list(entries.values())
-        for attempt in range(self.max_entry_retries + 1):
-            try:
-                response = self.client.send_message_batch(QueueUrl=self.queue_url, Entries=to_send)
-            except Exception as error:  # the caller decides; unconfirmed entries stay pending
-                result.error = error
-                return result
-            for item in response.get("Successful", []):
-                result.accepted_ids.append(item["Id"])
-                result.message_ids.append(item["MessageId"])
-            retry: list[dict[str, str]] = []
-            for failure in response.get("Failed", []):
-                if is_retryable(failure) and attempt < self.max_entry_retries:
-                    retry.append(entries[failure["Id"]])
-                else:
-                    code = failure.get("Code", "Unknown")
-                    message = mask_phone_numbers(failure.get("Message", ""))
-                    result.rejected.append((failure["Id"], code, message))
-            named = {item["Id"] for item in response.get("Successful", [])} | {
-                failure["Id"] for failure in response.get("Failed", [])
-            }
-            if unanswered := sum(1 for entry in to_send if entry["Id"] not in named):
-                # SQS names every entry in Successful or Failed; one it left out may or may
-                # not be queued, so it stays pending (with the resends) and the run says why.
-                result.error = IncompleteAnswer(
-                    f"SendMessageBatch answered for {len(to_send) - unanswered} of "
-                    f"{len(to_send)} entries; the other {unanswered} stay pending"
-                )
-                return result
-            if not retry:
-                break
-            result.retried_entries += len(retry)
-            time.sleep(backoff_seconds(attempt, self.retry_base_seconds, self.retry_cap_seconds))
-            to_send = retry
-        return result
-
-    def send_batches(
-        self,
-        campaign_id: str,
-        batches: Iterable[tuple[Sequence[str], Sequence[str]]],
-        fair_group_id: str | None = None,
-    ) -> Iterator[BatchResult]:
-        """Send (ids, bodies) batches, several in flight; yield each result as it ends.
-
-        Stops taking new batches after the first result with an error, and yields the batches
-        still in flight before returning, so no confirmed outcome is lost. A finished call is
-        yielded before the next batch is taken, since taking one may wait (a paced send).
-        """
-        batch_iter = iter(batches)
-        # Passed only when set, so a subclass wrapping send_batch(campaign_id, ids, bodies)
-        # keeps working on queues without fair groups.
-        group = {"fair_group_id": fair_group_id} if fair_group_id is not None else {}
-        with ThreadPoolExecutor(
-            max_workers=self.concurrency, thread_name_prefix="sqs-send"
-        ) as pool:
-            in_flight: deque[Future[BatchResult]] = deque()
-            failed = False
-            while True:
-                while not failed and len(in_flight) < self.concurrency:
-                    if in_flight and in_flight[0].done():
-                        break
-                    batch = next(batch_iter, None)
-                    if batch is None:
-                        break
-                    in_flight.append(pool.submit(self.send_batch, campaign_id, *batch, **group))
-                if not in_flight:
-                    return
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                for future in done:
-                    in_flight.remove(future)
-                    result = future.result()
-                    failed = failed or result.error is not None
-                    yield result

@@ -422,7 +422,7 @@ def add_campaign(
     message_content: str = "Hello {{name}}!",
 ) -> str:
     """A text campaign with `valid` E.164 recipients and `invalid` ones without a '+'."""
-    campaign_id = store.add_campaign(
+    campaign_id = store.campaigns.add(
         organization_id=ORGANIZATION_ID,
         name="e2e",
         status=status,
@@ -430,7 +430,7 @@ def add_campaign(
         message_content=message_content,
     )
     phones = [f"+1555{i:07d}" for i in range(valid)] + [f"555{i:07d}" for i in range(invalid)]
-    store.add_recipients(
+    store.campaigns.add_recipients(
         campaign_id, [{"phone_number": phone, "name": f"R{i}"} for i, phone in enumerate(phones)]
     )
     return campaign_id
@@ -446,7 +446,7 @@ def wait_for_campaign(
     """The campaign's recipient counts by status once `done(counts)` (default: none pending)."""
 
     def finished() -> dict[str, int] | None:
-        counts = store.count_recipients(campaign_id)
+        counts = store.audience.counts(campaign_id)
         return counts if done(counts) else None
 
     return wait_until(
@@ -460,7 +460,7 @@ def wait_for_campaign(
 
 def audience_outcomes(store: CampaignStore, campaign_id: str) -> list[dict[str, Any]]:
     """Every recipient's id, status, SQS message id and failure reason."""
-    from campaign_pipeline.schema import campaign_audience
+    from campaign_pipeline.store.schema import campaign_audience
 
     query = campaign_audience.select().where(campaign_audience.c.campaign_id == campaign_id)
     with store.engine.connect() as connection:

@@ -108,7 +108,7 @@ def slow_sqs(
 
 
 def row(store: CampaignStore, campaign_id: str) -> dict:
-    campaign = store.get_campaign(campaign_id)
+    campaign = store.campaigns.get(campaign_id)
     assert campaign is not None
     return campaign
 
@@ -186,7 +186,7 @@ def test_pause_stops_a_run_within_seconds_and_resume_sends_the_rest_once(
 
     assert campaign["status"] == "paused"
     assert campaign["last_error"] is None
-    counts = campaign_store.count_recipients(campaign_id)
+    counts = campaign_store.audience.counts(campaign_id)
     assert counts["pending"] > 0
     assert (campaign["queued_count"], campaign["pending_count"]) == (
         counts["ready_to_send"],
@@ -235,7 +235,7 @@ def test_cancel_stops_a_run_for_good(
         assert refused.returncode == 2, refused
         assert "cancelled" in refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1
-    counts = campaign_store.count_recipients(campaign_id)
+    counts = campaign_store.audience.counts(campaign_id)
     assert counts["pending"] > 0
     assert row(campaign_store, campaign_id)["pending_count"] == counts["pending"]
     slow_sqs.check(campaign_store, campaign_id, sqs_client, expect_pending_allowed=True)
@@ -440,7 +440,7 @@ def test_campaign_partition_shows_its_runs_and_a_backfill_of_a_finished_one_send
     )
     assert runs[0]["status"] == "SUCCESS"
     assert partition_statuses(webserver.url)[campaign_id] == ("SUCCESS", runs[0]["runId"])
-    assert campaign_store.count_recipients(campaign_id) == {
+    assert campaign_store.audience.counts(campaign_id) == {
         "pending": 0,
         "ready_to_send": queued_before,
         "failed": 0,

@@ -3,7 +3,7 @@
 Each test gets its own RabbitMQ virtual host (made with `rabbitmqctl`, deleted after), so a task
 left by a killed run can reach no other test's workers; the Dagster instance of
 `deploy/dagster.yaml` on throwaway PostgreSQL databases (`dagster_instance_env`); and workers
-started as `celery -A campaign_pipeline.celery_executor worker` subprocesses, each in its own
+started as `celery -A campaign_pipeline.defs.celery_executor worker` subprocesses, each in its own
 process group, ended (SIGTERM, then SIGKILL) after the test. Runs are launched with Dagster's own
 `dagster job execute` or `campaign-pipeline process`, which orchestrate the run in their process
 and submit every step to the workers.
@@ -35,8 +35,8 @@ import pytest
 import yaml
 
 from benchmarks.sqs_endpoints import fauxqs_server
+from campaign_pipeline.defs.jobs import campaign_run_config
 from campaign_pipeline.defs.tags import campaign_tags
-from campaign_pipeline.jobs import campaign_run_config
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from tests.conftest import REGION, assert_one_line_error
 from tests.e2e.conftest import BIN, ORGANIZATION_ID, ROOT, _end_process_group, add_campaign
@@ -131,7 +131,7 @@ class Workers:
                 process = subprocess.Popen(
                     [
                         str(BIN / "celery"),
-                        *("-A", "campaign_pipeline.celery_executor", "worker"),
+                        *("-A", "campaign_pipeline.defs.celery_executor", "worker"),
                         *("--concurrency=1", "--prefetch-multiplier=1", "--without-mingle"),
                         *("--without-gossip", "-n", f"{name}@%h", "--loglevel=INFO"),
                     ],
@@ -313,7 +313,7 @@ def test_four_shards_run_on_both_workers_and_queue_everyone_once(
     # Each worker's one pool process (a child of the worker) ran shards; none ran here.
     assert len(send_pids) == 2, pids
     assert not send_pids & (worker_pids | {os.getpid()})
-    counts = campaign_store.count_recipients(campaign_id)
+    counts = campaign_store.audience.counts(campaign_id)
     assert (counts["ready_to_send"], counts["pending"], counts["failed"]) == (20_000, 0, 0)
     messages = drain_in_parallel(fauxqs_endpoint, queue_url)
     report = check_campaign_invariant(
@@ -375,7 +375,7 @@ def test_worker_killed_mid_shard_loses_nothing_and_the_shard_is_finished_elsewhe
             assert run.poll() is None, run.stdout.read() if run.stdout else ""
             assert time.monotonic() < deadline, "no shard got under way"
             runs = instance.get_runs(dg.RunsFilter(tags={"campaign_id": campaign_id}))
-            queued = campaign_store.count_recipients(campaign_id)["ready_to_send"]
+            queued = campaign_store.audience.counts(campaign_id)["ready_to_send"]
             if runs and 150 <= queued < total // 2:
                 sends = [
                     (step, worker)
@@ -387,7 +387,7 @@ def test_worker_killed_mid_shard_loses_nothing_and_the_shard_is_finished_elsewhe
         step, worker_name = victim
         killed = started[worker_name.split("@")[0]]
         killed.kill()
-        at_kill = campaign_store.count_recipients(campaign_id)
+        at_kill = campaign_store.audience.counts(campaign_id)
         assert 0 < at_kill["pending"] < total
         output, _ = run.communicate(timeout=RUN_SECONDS)
     finally:
@@ -443,8 +443,8 @@ def test_broker_down_fails_the_run_in_one_line_with_nothing_sent(
     line = assert_one_line_error(result, "cannot reach the Celery broker", status=1)
     assert f"127.0.0.1:{closed}" in line
     assert "hunter2" not in result.stdout + result.stderr
-    assert campaign_store.count_recipients(campaign_id)["pending"] == 30
-    assert (campaign_store.get_campaign(campaign_id) or {})["status"] == "asset_generated"
+    assert campaign_store.audience.counts(campaign_id)["pending"] == 30
+    assert (campaign_store.campaigns.get(campaign_id) or {})["status"] == "asset_generated"
     attributes = sqs_client.get_queue_attributes(
         QueueUrl=env["AWS_SQS_QUEUE_URL"], AttributeNames=["ApproximateNumberOfMessages"]
     )["Attributes"]

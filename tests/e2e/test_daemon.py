@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.schema import campaigns
+from campaign_pipeline.store.schema import campaigns
 from tests.conftest import drain
 from tests.e2e.conftest import (
     INTERVAL_MS,
@@ -67,7 +67,7 @@ def test_daemon_sensor_processes_campaigns_side_by_side_into_one_queue(
     rows = {
         campaign_id: wait_until(
             lambda campaign_id=campaign_id: (
-                (row := campaign_store.get_campaign(campaign_id)) and row["processed_at"] and row
+                (row := campaign_store.campaigns.get(campaign_id)) and row["processed_at"] and row
             ),
             15,
             "the runs to record the campaigns' counts",

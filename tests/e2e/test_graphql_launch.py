@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from campaign_pipeline.defs.jobs import campaign_run_config
 from campaign_pipeline.defs.tags import campaign_tags
-from campaign_pipeline.jobs import campaign_run_config
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from tests.e2e.conftest import (
     ORGANIZATION_ID,
@@ -100,7 +100,7 @@ def test_readme_launch_run_queues_runs_that_the_daemon_runs_one_at_a_time(
     assert [run["status"] for run in runs] == ["SUCCESS", "SUCCESS"]
     first, second = sorted(runs, key=lambda run: run["startTime"])
     assert second["startTime"] >= first["endTime"]
-    assert campaign_store.count_recipients(campaign_id) == {
+    assert campaign_store.audience.counts(campaign_id) == {
         "pending": 0,
         "ready_to_send": 30,
         "failed": 1,

@@ -29,7 +29,7 @@ import requests
 import sqlalchemy as sa
 
 from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.schema import campaigns
+from campaign_pipeline.store.schema import campaigns
 from tests.conftest import REGION, free_port, wait_for_port
 from tests.e2e.conftest import (
     BIN,
@@ -233,7 +233,7 @@ def test_a_read_token_reads_and_may_not_operate(api: ApiStack) -> None:
             response = client.post(f"/api/campaigns/{campaign_id}/{action}")
             assert response.status_code == 403, response.text
             assert "may only read" in response.json()["error"]
-    assert api.store.get_campaign(campaign_id)["status"] == "draft"
+    assert api.store.campaigns.get(campaign_id)["status"] == "draft"
 
 
 def test_sqs_status_is_the_cli_document(api: ApiStack) -> None:
@@ -305,7 +305,7 @@ def test_process_messages_refuses_what_cannot_be_processed(
         response = client.post(f"/api/campaigns/{campaign_id}/process-messages")
     assert response.status_code == code, response.text
     assert fragment in response.json()["error"]
-    assert api.store.get_campaign(campaign_id)["status"] == status
+    assert api.store.campaigns.get(campaign_id)["status"] == status
 
 
 @pytest.mark.parametrize(
@@ -348,7 +348,7 @@ def test_bodies_are_checked_and_bounded(api: ApiStack) -> None:
     assert unknown.status_code == 422 and "run_config" in unknown.json()["error"]
     assert too_big.status_code == 413 and "over 16384 bytes" in too_big.json()["error"]
     assert streamed.status_code == 413
-    assert api.store.get_campaign(campaign_id)["status"] == "paused"
+    assert api.store.campaigns.get(campaign_id)["status"] == "paused"
 
 
 def test_pause_resume_cancel_answer_as_the_commands_do(api: ApiStack) -> None:
@@ -373,7 +373,7 @@ def test_pause_resume_cancel_answer_as_the_commands_do(api: ApiStack) -> None:
     assert resumed.status_code == 200 and resumed.json()["after"] == "asset_generated"
     assert cancelled.status_code == 200 and cancelled.json()["after"] == "cancelled"
     assert refused.status_code == 409, refused.text
-    row = api.store.get_campaign(campaign_id)
+    row = api.store.campaigns.get(campaign_id)
     assert row["status"] == "cancelled"
     assert row["paused_by"] == row["cancelled_by"] == "api token #1 from 127.0.0.1"
     # The same refusal, word for word, from the command line.
@@ -418,7 +418,7 @@ def test_a_server_without_dagster_or_sqs_says_so(api: ApiStack) -> None:
     assert "cannot reach the Dagster webserver" in status.json()["runs_error"]
     assert sqs.status_code == 503
     assert sqs.json()["reachable"] is False and sqs.json()["error"]
-    assert api.store.get_campaign(campaign_id)["status"] == "asset_generated"
+    assert api.store.campaigns.get(campaign_id)["status"] == "asset_generated"
 
 
 def test_a_server_whose_database_is_gone_answers_503(api: ApiStack) -> None:
@@ -474,7 +474,7 @@ def test_the_readme_curl_lines_work_as_shown(api: ApiStack) -> None:
         )
         assert result.returncode == 0, f"{line}: {result.stdout} {result.stderr}"
         assert list(json.loads(result.stdout)) != ["error"], line
-    assert api.store.get_campaign(campaign_id)["status"] == "cancelled"
+    assert api.store.campaigns.get(campaign_id)["status"] == "cancelled"
 
 
 def test_the_openapi_document_holds_under_fuzzing(api: ApiStack, tmp_path: Path) -> None:

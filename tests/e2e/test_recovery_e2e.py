@@ -86,7 +86,7 @@ def test_run_killed_mid_send_is_resumed_with_nothing_lost_or_sent_twice(
         campaign_id = add_campaign(campaign_store, valid=RECIPIENTS)
 
         killed_run_id = wait_until(
-            lambda: campaign_store.get_campaign(campaign_id)["lease_run_id"],
+            lambda: campaign_store.campaigns.get(campaign_id)["lease_run_id"],
             RUN_START_SECONDS,
             "a run to claim the campaign",
             processes=[daemon],
@@ -103,7 +103,7 @@ def test_run_killed_mid_send_is_resumed_with_nothing_lost_or_sent_twice(
         )
         os.kill(pid, signal.SIGKILL)
         killed_at = time.monotonic()
-        at_kill = campaign_store.count_recipients(campaign_id)
+        at_kill = campaign_store.audience.counts(campaign_id)
         assert at_kill["pending"] > 0, "the run had finished before it was killed"
         sent_at_kill = proxy.summary()["forwarded"]["SendMessageBatch"]
 
@@ -119,7 +119,7 @@ def test_run_killed_mid_send_is_resumed_with_nothing_lost_or_sent_twice(
         )
         campaign = wait_until(
             lambda: (
-                (row := campaign_store.get_campaign(campaign_id))
+                (row := campaign_store.campaigns.get(campaign_id))
                 and row["lease_run_id"] is None
                 and row["processed_at"]
                 and row

@@ -122,7 +122,7 @@ def test_trigger_wait_reports_a_failed_run_on_one_line(
     assert webserver.url
     stop_sensor(webserver.url)
     dagster_processes.daemon()
-    campaign_id = campaign_store.add_campaign(
+    campaign_id = campaign_store.campaigns.add(
         organization_id=ORGANIZATION_ID, name="fax", status="asset_generated", message_type="fax"
     )
 
@@ -141,7 +141,7 @@ def test_trigger_wait_reports_a_failed_run_on_one_line(
     )
     assert re.match(r"campaign-pipeline: run \S+ failed: ", line), line
     assert result.stdout.startswith("launched run ")
-    assert campaign_store.get_campaign(campaign_id)["status"] == "failed"
+    assert campaign_store.campaigns.get(campaign_id)["status"] == "failed"
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The ops of `process_campaign_messages`, in the order they run."""
 
-from campaign_pipeline.ops.process_campaign import (
+from campaign_pipeline.defs.ops.process_campaign import (
     CampaignConfig,
     CampaignShard,
     ClaimedCampaign,

@@ -11,10 +11,14 @@ from typing import Any
 
 import pytest
 
-from campaign_pipeline import dispatch
-from campaign_pipeline.dispatch import SendStats, StopSignal, _prefetched, _Recorder
-from campaign_pipeline.resources.campaign_store import Outcomes, WriteAck
-from campaign_pipeline.resources.sqs_queue import BatchResult
+from campaign_pipeline.errors import SendInterrupted
+from campaign_pipeline.sending import outcomes as outcome_module
+from campaign_pipeline.sending.outcomes import OutcomeRecorder
+from campaign_pipeline.sending.shard import _prefetched
+from campaign_pipeline.sending.stats import SendStats
+from campaign_pipeline.sending.stop import StopSignal
+from campaign_pipeline.sqs import BatchResult
+from campaign_pipeline.store.records import Outcomes, WriteAck
 
 
 class FakeStore:
@@ -52,8 +56,8 @@ def wait_for(condition: Any, timeout: float = 10.0) -> bool:
     return True
 
 
-def recorder(store: FakeStore, window: int = 1000) -> _Recorder:
-    return _Recorder(
+def recorder(store: FakeStore, window: int = 1000) -> OutcomeRecorder:
+    return OutcomeRecorder(
         store=store,  # type: ignore[arg-type]
         campaign_id="c",
         run_id="r",
@@ -82,7 +86,7 @@ def test_a_window_is_written_once_it_is_full() -> None:
 
 def test_a_window_is_written_once_it_is_a_second_old(monkeypatch: pytest.MonkeyPatch) -> None:
     """However few outcomes it holds, so a slow send shows progress."""
-    monkeypatch.setattr(dispatch, "WINDOW_SECONDS", 0.05)
+    monkeypatch.setattr(outcome_module, "WINDOW_SECONDS", 0.05)
     store = FakeStore()
     outcomes = recorder(store)
     for n in range(3):
@@ -100,21 +104,21 @@ def test_at_most_writes_in_flight_then_the_sender_waits() -> None:
     added = threading.Event()
 
     def add() -> None:
-        for n in range(dispatch.WRITES_IN_FLIGHT + 2):
+        for n in range(outcome_module.WRITES_IN_FLIGHT + 2):
             outcomes.add_batch(accepted(10 * n))
         added.set()
 
     adder = threading.Thread(target=add)
     adder.start()
     # The writers take WRITES_IN_FLIGHT windows; the sender waits on the one after.
-    assert wait_for(lambda: store.most_in_progress == dispatch.WRITES_IN_FLIGHT)
+    assert wait_for(lambda: store.most_in_progress == outcome_module.WRITES_IN_FLIGHT)
     assert not added.wait(0.3)
-    assert store.most_in_progress == dispatch.WRITES_IN_FLIGHT
+    assert store.most_in_progress == outcome_module.WRITES_IN_FLIGHT
     store.release.set()
     adder.join(10)
     outcomes.drain()
     outcomes.close()
-    assert added.is_set() and len(store.writes) == dispatch.WRITES_IN_FLIGHT + 2
+    assert added.is_set() and len(store.writes) == outcome_module.WRITES_IN_FLIGHT + 2
 
 
 def test_a_write_that_finds_the_lease_gone_or_the_campaign_paused_says_so() -> None:
@@ -134,7 +138,7 @@ def test_a_failed_write_interrupts_the_send_with_the_databases_reason() -> None:
     error = sa.exc.OperationalError("UPDATE", {}, Exception("server closed the connection"))
     outcomes = recorder(FakeStore(error=error))
     outcomes.add_batch(accepted(0))
-    with pytest.raises(dispatch.SendInterrupted, match="server closed the connection"):
+    with pytest.raises(SendInterrupted, match="server closed the connection"):
         outcomes.drain()
 
 

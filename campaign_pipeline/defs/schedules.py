@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from campaign_pipeline.jobs import check_sqs_status
+from campaign_pipeline.defs.jobs import check_sqs_status
 
 sqs_status_schedule = dg.ScheduleDefinition(
     name="sqs_status_schedule",

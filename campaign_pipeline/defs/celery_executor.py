@@ -4,7 +4,7 @@ Imported only under `CAMPAIGN_EXECUTOR=celery` (dagster-celery is the `celery` e
 run's process (the orchestrator) and every worker build the same Celery app from the same
 environment, so the broker's URL, which may hold a password, never enters the run config:
 
-    celery -A campaign_pipeline.celery_executor worker --prefetch-multiplier=1 -n w1@%h
+    celery -A campaign_pipeline.defs.celery_executor worker --prefetch-multiplier=1 -n w1@%h
 """
 
 import warnings
@@ -201,7 +201,7 @@ def campaign_celery_executor(init_context: dg.InitExecutorContext) -> dg.Executo
     return LimitedCeleryExecutor(celery, max_concurrent)
 
 
-# The workers' app (`celery -A campaign_pipeline.celery_executor worker`), built from the same
+# The workers' app (`celery -A campaign_pipeline.defs.celery_executor worker`), built from the same
 # environment as the run's, with dagster-celery's step task.
 app = make_app(app_args())
 execute_plan = create_task(app)

@@ -5,7 +5,6 @@ only if the status and version are still the ones it read; otherwise it reads ag
 claim, both sensors and another operator therefore never undo a command, nor it theirs.
 """
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,24 +16,12 @@ from campaign_pipeline.errors import (
     CampaignNotFound,
 )
 from campaign_pipeline.lifecycle import Command, decide
-from campaign_pipeline.schema import campaign_audience, campaigns
+from campaign_pipeline.store.records import ControlResult
+from campaign_pipeline.store.schema import campaign_audience, campaigns
 
 # Compare-and-set attempts before giving up on a campaign that keeps changing under us.
 MAX_ATTEMPTS = 20
 SCHEDULABLE_STATUSES = frozenset({"draft", "asset_generated", "paused"})
-
-
-@dataclass(frozen=True)
-class ControlResult:
-    """What a command did: the status before and after, and one line saying so."""
-
-    campaign_id: str
-    command: str
-    before: str
-    after: str
-    changed: bool
-    message: str
-    lease_run_id: str | None = None
 
 
 def _read(connection: sa.Connection, campaign_id: str) -> Any:
@@ -171,3 +158,20 @@ def schedule(
                     f"campaign {campaign_id} scheduled {when} (status {row.status!r})",
                 )  # fmt: skip
     raise CampaignControlError(f"campaign {campaign_id} kept changing; try again")
+
+
+class Control:
+    """Operators' commands on the campaigns of one database."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def apply(
+        self, campaign_id: str, command: Command, actor: str, accept_invalid: bool = False
+    ) -> ControlResult:
+        """Pause, resume or cancel the campaign for `actor` (see `apply_command`)."""
+        return apply_command(self.engine, campaign_id, command, actor, accept_invalid)
+
+    def schedule(self, campaign_id: str, send_at: datetime | None, actor: str) -> ControlResult:
+        """Set or clear the campaign's `send_at` (see `schedule`)."""
+        return schedule(self.engine, campaign_id, send_at, actor)

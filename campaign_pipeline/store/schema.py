@@ -1,4 +1,4 @@
-"""Tables of the campaign store (SQLAlchemy Core), shared by SQLite and PostgreSQL."""
+"""The campaign store's tables (SQLAlchemy Core, SQLite and PostgreSQL), and their upgrade."""
 
 import sqlalchemy as sa
 
@@ -95,3 +95,21 @@ campaign_audience = sa.Table(
     # (campaign_id, status) for counts and pending scans; id last for keyset pagination.
     sa.Index("ix_campaign_audience_campaign_status_id", "campaign_id", "status", "id"),
 )
+
+
+def create_schema(engine: sa.Engine) -> None:
+    """Create the tables and indexes that do not exist yet, and columns added since."""
+    metadata.create_all(engine)
+    # create_all leaves existing tables alone. Columns added to the schema later are all
+    # nullable or have a server default, so ADD COLUMN (and CREATE INDEX for their indexes)
+    # upgrades a database in place. Names and types come from this module, never from input.
+    with engine.begin() as connection:
+        inspector = sa.inspect(connection)
+        for table in metadata.sorted_tables:
+            present = {column["name"] for column in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present:
+                    definition = sa.schema.CreateColumn(column).compile(connection)
+                    connection.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {definition}")
+            for index in table.indexes:
+                index.create(connection, checkfirst=True)

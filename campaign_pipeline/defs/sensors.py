@@ -6,15 +6,15 @@ from typing import Any
 
 import dagster as dg
 
-from campaign_pipeline.clock import as_utc
-from campaign_pipeline.defs.tags import CAMPAIGN_ID_TAG, RESUME_ATTEMPT_TAG, campaign_tags
-from campaign_pipeline.jobs import (
+from campaign_pipeline.defs.jobs import (
     campaign_partitions,
     campaign_run_config,
     process_campaign_messages,
 )
+from campaign_pipeline.defs.tags import CAMPAIGN_ID_TAG, RESUME_ATTEMPT_TAG, campaign_tags
 from campaign_pipeline.privacy import mask_phone_numbers
 from campaign_pipeline.resources.campaign_store import CampaignStore
+from campaign_pipeline.sending.lease import pause_for_termination
 from campaign_pipeline.settings import (
     background_job_interval_seconds,
     campaign_batch_size,
@@ -52,9 +52,9 @@ def asset_generated_campaigns_sensor(
     """
     limit = campaign_batch_size()
     processes = campaign_send_processes()
-    waiting = campaign_store.campaigns_to_process(limit)
+    waiting = campaign_store.sweeps.campaigns_to_process(limit)
     if not waiting:
-        scheduled = campaign_store.next_scheduled()
+        scheduled = campaign_store.sweeps.next_scheduled()
         if scheduled is None:
             return dg.SkipReason("No campaign is in asset_generated.")
         return dg.SkipReason(
@@ -139,7 +139,7 @@ def record_campaign_run_failure(
         else datetime.now(UTC)
     )
     error = describe_run_failure(context)
-    if campaign_store.record_run_failure(campaign_id, run.run_id, error, failed_at):
+    if campaign_store.claims.record_run_failure(campaign_id, run.run_id, error, failed_at):
         context.log.info(f"Campaign {campaign_id}: recorded the failure of run {run.run_id}")
     else:
         context.log.info(
@@ -166,7 +166,7 @@ def resume_stalled_campaigns_sensor(
     unfinished = context.instance.get_runs(
         dg.RunsFilter(job_name=process_campaign_messages.name, statuses=UNFINISHED_RUN_STATUSES)
     )
-    stalled = campaign_store.stalled_campaigns(
+    stalled = campaign_store.sweeps.stalled(
         limit,
         busy_campaign_ids={
             campaign_id for run in unfinished if (campaign_id := campaign_id_of(run))
@@ -198,13 +198,13 @@ def resume_stalled_campaigns_sensor(
                 f"gave up after {campaign.resume_attempts} resume attempts; "
                 f"last error: {campaign.last_error or 'none recorded'}"
             )
-            if campaign_store.give_up(campaign, reason):
+            if campaign_store.sweeps.give_up(campaign, reason):
                 given_up += 1
                 context.log.warning(f"Campaign {campaign.id} failed: {reason}")
             continue
         # Counted before the run exists: a request the daemon never launches still uses up an
         # attempt, so the bound holds whatever happens to the runs.
-        if not campaign_store.start_resume_attempt(campaign):
+        if not campaign_store.sweeps.start_resume_attempt(campaign):
             continue
         attempt = campaign.resume_attempts + 1
         run_requests.append(
@@ -240,27 +240,17 @@ def _latest_run_if_canceled(instance: dg.DagsterInstance, campaign_id: str) -> d
 def pause_for_terminated_run(
     instance: dg.DagsterInstance, campaign_store: CampaignStore, run: dg.DagsterRun
 ) -> str | None:
-    """Pause the campaign of a terminated run unless it was resumed after the run ended.
+    """Pause the campaign of a terminated run (see `lease.pause_for_termination`).
 
     Returns what was done, in one line, or None when the run names no campaign.
     """
     campaign_id = campaign_id_of(run)
     if campaign_id is None:
         return None
-    campaign = campaign_store.get_campaign(campaign_id)
-    if campaign is None:
-        return f"campaign {campaign_id} of run {run.run_id} does not exist"
     record = instance.get_run_record_by_id(run.run_id)
     ended = datetime.fromtimestamp(record.end_time, UTC) if record and record.end_time else None
-    resumed_at = as_utc(campaign["resumed_at"])
-    if resumed_at is not None and (ended is None or resumed_at > ended):
-        return f"campaign {campaign_id} was resumed after run {run.run_id} ended; left running"
-    if campaign["status"] not in ("asset_generated", "ready_to_launch"):
-        return f"campaign {campaign_id} is {campaign['status']!r}; nothing to pause"
-    result = campaign_store.control(
-        campaign_id, "pause", f"Dagster: run {run.run_id} was terminated"
-    )
-    return result.message
+    _, done = pause_for_termination(campaign_store.database, campaign_id, run.run_id, ended)
+    return done
 
 
 @dg.run_status_sensor(

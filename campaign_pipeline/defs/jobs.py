@@ -4,20 +4,20 @@ from typing import Any
 
 import dagster as dg
 
-from campaign_pipeline.defs.tags import (
-    CAMPAIGN_ID_TAG,
-    CAMPAIGN_PARTITIONS,
-)
-from campaign_pipeline.errors import SettingsError
-from campaign_pipeline.ops import (
+from campaign_pipeline.defs.ops import (
     CampaignConfig,
     claim_campaign,
     complete_campaign,
     plan_shards,
     send_campaign_messages,
 )
-from campaign_pipeline.ops.preview import preview_campaign_payloads
-from campaign_pipeline.ops.sqs_status import record_sqs_status
+from campaign_pipeline.defs.ops.preview import preview_campaign_payloads
+from campaign_pipeline.defs.ops.sqs_status import record_sqs_status
+from campaign_pipeline.defs.tags import (
+    CAMPAIGN_ID_TAG,
+    CAMPAIGN_PARTITIONS,
+)
+from campaign_pipeline.errors import SettingsError
 from campaign_pipeline.settings import campaign_executor, campaign_send_processes
 
 # Imported once by the multiprocess executor's fork server, so a step process starts warm.
@@ -38,7 +38,7 @@ def executor_for(executor: str | None) -> dg.ExecutorDefinition:
         # In-process or multiprocess, chosen per run in its config (see `campaign_run_config`).
         return dg.multi_or_in_process_executor
     try:
-        from campaign_pipeline.celery_executor import campaign_celery_executor
+        from campaign_pipeline.defs.celery_executor import campaign_celery_executor
     except ImportError:
         raise SettingsError(
             "CAMPAIGN_EXECUTOR=celery needs dagster-celery: pip install 'campaign-pipeline[celery]'"

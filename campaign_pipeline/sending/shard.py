@@ -1,0 +1,236 @@
+"""Send one shard of a claimed campaign: the whole trip down to SQS and back to the store.
+
+`ShardSend(...).run()` reads the shard's pending recipients a chunk at a time (the next chunk
+read and built on a thread while this one is sent), builds and validates their payloads, sends
+the valid ones in batches of ten with several calls in flight (paced to a rate cap if there is
+one), and writes outcomes in windows while sending goes on. A pause or cancel, the rejection
+guard, a lost lease or a terminated run stop it the same way (see `stop.py`). Free of Dagster.
+"""
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import polars as pl
+
+from campaign_pipeline.batching import batch_slices
+from campaign_pipeline.errors import IncompleteAnswer, SendInterrupted
+from campaign_pipeline.payloads import CampaignMessage, build_payloads
+from campaign_pipeline.sending.guards import hold_back_for_rejections
+from campaign_pipeline.sending.lease import Lease, LeaseWatch
+from campaign_pipeline.sending.outcomes import OutcomeRecorder, OutcomeWriter
+from campaign_pipeline.sending.pacing import Pacer
+from campaign_pipeline.sending.stats import SendStats
+from campaign_pipeline.sending.stop import StopSignal, run_until_interrupted
+from campaign_pipeline.sqs import BatchResult
+from campaign_pipeline.store.records import IdRange
+
+T = TypeVar("T")
+
+
+class PendingAudience(OutcomeWriter, Protocol):
+    """The audience a send reads and writes (`store.audience.Audience`)."""
+
+    def pending_chunks(
+        self, campaign_id: str, chunk_size: int, id_range: IdRange | None = None
+    ) -> Iterator[pl.DataFrame]:
+        """The campaign's pending recipients in chunks, by id."""
+        ...
+
+
+class BatchQueue(Protocol):
+    """Where the messages go (`sqs.SqsBatchQueue`)."""
+
+    queue_url: str
+
+    def max_message_bytes(self) -> int:
+        """The largest message the queue takes (it also bounds a batch)."""
+        ...
+
+    def fair_group_id(self, campaign_id: str, organization_id: str) -> str | None:
+        """The MessageGroupId of the campaign's messages on a fair queue, if any."""
+        ...
+
+    def send_batches(
+        self,
+        campaign_id: str,
+        batches: Iterable[tuple[Sequence[str], Sequence[str]]],
+        fair_group_id: str | None = None,
+    ) -> Iterator[BatchResult]:
+        """Send (ids, bodies) batches; yield each result as it ends."""
+        ...
+
+
+def _prefetched(items: Iterator[T]) -> Iterator[T]:
+    """Yield `items`, making the next one on a thread while the caller works on this one.
+
+    Reading and building the next chunk (a COPY and Polars, both mostly outside the GIL) then
+    overlaps the sending of this one, instead of stalling it at every chunk boundary.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="chunk-reader") as reader:
+        upcoming = reader.submit(next, items, None)
+        while (item := upcoming.result()) is not None:
+            upcoming = reader.submit(next, items, None)
+            yield item
+
+
+@dataclass
+class ShardSend:
+    """One send step's work: the pending recipients of `id_range` (all of them when None).
+
+    `max_messages_per_second` paces batches as they are handed out; `max_rejected` bounds the
+    entries SQS may refuse for good before the campaign is held back; `on_chunk` hears the
+    running counts after each chunk, `on_warning` what went wrong on the way out.
+    """
+
+    message: CampaignMessage
+    lease: Lease
+    audience: PendingAudience
+    queue: BatchQueue
+    id_range: IdRange | None = None
+    recipients_per_chunk: int = 50_000
+    outcomes_per_write: int = 1_000
+    max_messages_per_second: float | None = None
+    max_rejected: int | None = None
+    on_chunk: Callable[[SendStats], None] = lambda stats: None
+    on_warning: Callable[[str], None] = lambda line: None
+
+    def run(
+        self,
+        stop: StopSignal | None = None,
+        interrupts: tuple[type[BaseException], ...] = (),
+    ) -> SendStats:
+        """Queue every pending recipient of the shard; return what happened.
+
+        Returns early, with `stopped` set and every confirmed outcome recorded, when the
+        campaign is paused or cancelled or `stop` is signalled. With `interrupts`, the send
+        runs off the calling thread, and one of them raised there stops it gracefully before
+        it is raised again. On any error the lease is let go (a database that failed lets it
+        run out).
+
+        Raises:
+            CampaignHeldBack: SQS refused more than `max_rejected` entries for good; the
+                campaign is paused.
+            SendInterrupted: SQS kept failing past its retries, the store could not record
+                outcomes, or the run lost the campaign; every confirmed outcome is recorded.
+        """
+        stop = stop or StopSignal()
+        try:
+            if interrupts:
+                stats = run_until_interrupted(lambda: self._send(stop), stop, interrupts)
+            else:
+                stats = self._send(stop)
+        except SendInterrupted:
+            if problem := self.lease.release_if_reachable():
+                self.on_warning(problem)
+            raise
+        except interrupts:
+            raise
+        except Exception:
+            self.lease.release()
+            raise
+        if stats.stopped == "rejected" and self.max_rejected is not None:
+            hold_back_for_rejections(self.lease, stats, self.max_rejected)
+        return stats
+
+    def _send(self, stop: StopSignal) -> SendStats:
+        fair_group_id = self.queue.fair_group_id(
+            self.message.campaign_id, self.message.organization_id
+        )
+        pacer = (
+            Pacer(self.max_messages_per_second)
+            if self.max_messages_per_second is not None
+            else None
+        )
+        started = time.perf_counter()
+        recorder = OutcomeRecorder(
+            self.audience,
+            self.message.campaign_id,
+            self.lease.run_id,
+            self.lease.seconds,
+            self.outcomes_per_write,
+            SendStats(),
+            stop,
+            self.max_rejected,
+        )
+        try:
+            with self.lease.watch(stop) as watch:
+                self._send_chunks(recorder, watch, started, pacer, fair_group_id)
+        finally:
+            recorder.close()
+        recorder.stats.seconds = time.perf_counter() - started
+        return recorder.stats
+
+    def _send_chunks(
+        self,
+        recorder: OutcomeRecorder,
+        watch: LeaseWatch,
+        started: float,
+        pacer: Pacer | None,
+        fair_group_id: str | None,
+    ) -> None:
+        stats, stop = recorder.stats, recorder.stop
+
+        def lease_held() -> bool:
+            if not recorder.lease_held:
+                watch.lost()
+            return watch.held()
+
+        def keep_sending() -> bool:
+            return stop.reason is None and lease_held()
+
+        campaign_id = self.message.campaign_id
+        max_bytes = self.queue.max_message_bytes()
+        chunks = self.audience.pending_chunks(campaign_id, self.recipients_per_chunk, self.id_range)
+        for built in _prefetched(build_payloads(self.message, c, max_bytes) for c in chunks):
+            if stop.reason is not None:
+                break
+            stats.recipients += built.height
+            recorder.add_invalid(built.filter(pl.col("failure_reason").is_not_null()))
+            valid = built.filter(pl.col("failure_reason").is_null())
+            error: Exception | None = None
+            batches = _batches(valid, max_bytes, keep_sending, pacer)
+            for result in self.queue.send_batches(campaign_id, batches, fair_group_id):
+                stats.batches += 1
+                stats.retried_entries += result.retried_entries
+                recorder.add_batch(result)
+                error = error or result.error
+            recorder.drain()
+            stats.seconds = time.perf_counter() - started
+            if error is not None:
+                problem = (
+                    f"SQS answered incompletely: {error}"
+                    if isinstance(error, IncompleteAnswer)
+                    else f"SQS failed past its retries: {type(error).__name__}: {error}"
+                )
+                raise SendInterrupted(problem, stats) from error
+            if stop.reason is not None:
+                break
+            if not lease_held():
+                raise SendInterrupted(
+                    f"run {self.lease.run_id} no longer holds campaign {campaign_id} (another "
+                    "run took it over, another step of this run failed and released it, or "
+                    "the lease could not be renewed)",
+                    stats,
+                )
+            self.on_chunk(stats)
+        stats.stopped = stop.reason
+
+
+def _batches(
+    valid: pl.DataFrame,
+    max_bytes: int,
+    keep_going: Callable[[], bool],
+    pacer: Pacer | None = None,
+) -> Iterator[tuple[list[str], list[str]]]:
+    ids = valid["id"].to_list()
+    bodies = valid["payload"].to_list()
+    for batch in batch_slices(valid["payload"].str.len_bytes().to_numpy(), max_bytes):
+        if not keep_going():
+            return
+        # Paced here, where batches are handed out: the calls in flight stay concurrent.
+        if pacer is not None and not pacer.take(batch.stop - batch.start, keep_going):
+            return
+        yield ids[batch], bodies[batch]
