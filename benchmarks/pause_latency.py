@@ -66,7 +66,7 @@ from sqs_endpoints import (
     latency_proxy,
 )
 
-from campaign_pipeline.defs.ops.process_campaign import CampaignConfig
+from campaign_pipeline.defs.ops.config import CampaignConfig
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import DEFAULT_MAX_CONCURRENT_BATCHES, SqsQueue
 from campaign_pipeline.sending.lease import STATUS_POLL_SECONDS, Lease

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from database import reset, seed, temporary_database
 from pipeline_runner import null_batch_queue
 
-from campaign_pipeline.defs.ops.process_campaign import CampaignConfig
+from campaign_pipeline.defs.ops.config import CampaignConfig
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.sending.guards import EXACT_UP_TO, SAMPLE_SLICES, count_invalid
 from campaign_pipeline.sending.lease import Lease

@@ -48,7 +48,7 @@ import psycopg
 from database import reset, seed, temporary_database
 from sqs_endpoints import FAKE_CREDENTIALS, REGION, fauxqs_server, fauxqs_version, fresh_queue
 
-from campaign_pipeline.defs.ops.process_campaign import CampaignConfig
+from campaign_pipeline.defs.ops.config import CampaignConfig
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import DEFAULT_MAX_CONCURRENT_BATCHES, SqsQueue
 from campaign_pipeline.sending.lease import Lease

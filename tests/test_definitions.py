@@ -1,5 +1,6 @@
 """The code location loads, and its definitions are wired the way docs/configuration.md says."""
 
+import json
 import os
 import subprocess
 import sys
@@ -60,3 +61,21 @@ def test_dagsters_family_is_installed_at_one_release() -> None:
         assert library.__version__ == dg.__version__, library.__name__
     for library in (dagster_aws, dagster_postgres, dagster_celery):
         assert library.__version__ == f"0.29.{release}", library.__name__
+
+
+def test_dg_lists_and_checks_the_code_location() -> None:
+    """`dg list defs` and `dg check defs` (Dagster's CLI) load the project from [tool.dg]."""
+    dg_cli = os.path.join(os.path.dirname(sys.executable), "dg")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = os.environ | {"DAGSTER_HOME": "", "NO_COLOR": "1"}
+    env.pop("DAGSTER_HOME")
+    listed = subprocess.run(
+        [dg_cli, "list", "defs", "--json"], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert listed.returncode == 0, listed.stderr
+    names = {job["name"] for job in json.loads(listed.stdout)["jobs"]}
+    assert names == {"process_campaign_messages", "check_sqs_status", "preview_campaign"}
+    checked = subprocess.run(
+        [dg_cli, "check", "defs"], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stderr

@@ -14,8 +14,8 @@ from pathlib import Path
 import boto3
 import pytest
 
+from campaign_pipeline.defs.executor import send_steps_at_once
 from campaign_pipeline.defs.jobs import campaign_run_config
-from campaign_pipeline.defs.ops.process_campaign import send_steps_at_once
 from campaign_pipeline.errors import SettingsError
 from campaign_pipeline.settings import campaign_executor
 from tests.conftest import REGION, assert_one_line_error

@@ -19,8 +19,8 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from campaign_pipeline.defs.executor import send_steps_at_once
 from campaign_pipeline.defs.jobs import campaign_run_config, process_campaign_messages
-from campaign_pipeline.defs.ops.process_campaign import send_steps_at_once
 from campaign_pipeline.errors import SettingsError
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue

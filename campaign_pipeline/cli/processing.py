@@ -88,11 +88,9 @@ def cmd_process(args: argparse.Namespace) -> int:
     ensure_dagster_home(Path(".dagster"))
 
     from campaign_pipeline.definitions import defs  # importing it reads the settings
-    from campaign_pipeline.defs.jobs import (
-        CAMPAIGN_EXECUTOR,
-        campaign_partitions,
-        campaign_run_config,
-    )
+    from campaign_pipeline.defs.executor import CAMPAIGN_EXECUTOR
+    from campaign_pipeline.defs.jobs import campaign_run_config
+    from campaign_pipeline.defs.partitions import campaign_partitions
     from campaign_pipeline.defs.tags import campaign_tags
     from campaign_pipeline.settings import campaign_send_processes
 

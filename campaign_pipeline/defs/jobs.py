@@ -4,6 +4,7 @@ from typing import Any
 
 import dagster as dg
 
+from campaign_pipeline.defs.executor import CAMPAIGN_EXECUTOR, execution_config, executor_for
 from campaign_pipeline.defs.ops import (
     CampaignConfig,
     claim_campaign,
@@ -13,42 +14,11 @@ from campaign_pipeline.defs.ops import (
 )
 from campaign_pipeline.defs.ops.preview import preview_campaign_payloads
 from campaign_pipeline.defs.ops.sqs_status import record_sqs_status
+from campaign_pipeline.defs.partitions import campaign_partitions
 from campaign_pipeline.defs.tags import (
     CAMPAIGN_ID_TAG,
-    CAMPAIGN_PARTITIONS,
 )
-from campaign_pipeline.errors import SettingsError
-from campaign_pipeline.settings import campaign_executor, campaign_send_processes
-
-# Imported once by the multiprocess executor's fork server, so a step process starts warm.
-FORKSERVER_PRELOAD = "campaign_pipeline.definitions"
-
-# Read when the code location loads: the job's executor is part of its definition, and the
-# run config every launcher writes must match it (so trigger needs the same environment).
-CAMPAIGN_EXECUTOR = campaign_executor()
-
-
-def executor_for(executor: str | None) -> dg.ExecutorDefinition:
-    """The job's executor for a CAMPAIGN_EXECUTOR value.
-
-    Raises:
-        SettingsError: celery without dagster-celery installed.
-    """
-    if executor != "celery":
-        # In-process or multiprocess, chosen per run in its config (see `campaign_run_config`).
-        return dg.multi_or_in_process_executor
-    try:
-        from campaign_pipeline.defs.celery_executor import campaign_celery_executor
-    except ImportError:
-        raise SettingsError(
-            "CAMPAIGN_EXECUTOR=celery needs dagster-celery: pip install 'campaign-pipeline[celery]'"
-        ) from None
-    return campaign_celery_executor
-
-
-# One partition per campaign (its id), added by whoever launches its first run: Jobs ->
-# process_campaign_messages -> Partitions then lists campaigns with their latest run.
-campaign_partitions = dg.DynamicPartitionsDefinition(name=CAMPAIGN_PARTITIONS)
+from campaign_pipeline.settings import campaign_send_processes
 
 
 def _run_config_for_partition(campaign_id: str) -> dict[str, Any]:
@@ -89,30 +59,13 @@ def campaign_run_config(
 ) -> dict[str, Any]:
     """Run config for processing `campaign_id` with `processes` send steps at once.
 
-    `executor` is CAMPAIGN_EXECUTOR's value, the loaded one by default. Unset, one process runs
-    every step in the run's own process (a step costs milliseconds) and more run shards in
-    parallel under the multiprocess executor. Its steps fork from a server that has imported
-    the code location once: spawning each step afresh made a five-step run of 2,000 recipients
-    take 6.9 s instead of 3.9 s on a 2-core machine. `in_process` runs one step at a time
-    whatever `processes` says; `celery` submits at most `processes` steps to the workers at
-    once, its broker and backend read from the environment, never written here.
+    `executor` is CAMPAIGN_EXECUTOR's value, the loaded one by default (see
+    `executor.execution_config`).
     """
     config = CampaignConfig(campaign_id=campaign_id, **campaign_config)
-    execution: dict[str, Any]
-    if executor == "celery":
-        execution = {"max_concurrent": processes}
-    elif executor == "in_process" or (executor is None and processes == 1):
-        execution = {"in_process": {}}
-    else:
-        execution = {
-            "multiprocess": {
-                "max_concurrent": processes,
-                "start_method": {"forkserver": {"preload_modules": [FORKSERVER_PRELOAD]}},
-            }
-        }
     return {
         "ops": {"claim_campaign": {"config": config.model_dump(exclude_unset=True)}},
-        "execution": {"config": execution},
+        "execution": {"config": execution_config(executor, processes)},
     }
 
 

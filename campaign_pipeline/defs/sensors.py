@@ -6,11 +6,8 @@ from typing import Any
 
 import dagster as dg
 
-from campaign_pipeline.defs.jobs import (
-    campaign_partitions,
-    campaign_run_config,
-    process_campaign_messages,
-)
+from campaign_pipeline.defs.jobs import campaign_run_config, process_campaign_messages
+from campaign_pipeline.defs.partitions import campaign_partitions
 from campaign_pipeline.defs.tags import CAMPAIGN_ID_TAG, RESUME_ATTEMPT_TAG, campaign_tags
 from campaign_pipeline.privacy import mask_phone_numbers
 from campaign_pipeline.resources.campaign_store import CampaignStore

@@ -22,9 +22,9 @@ from campaign_pipeline.store.records import IdRange, Outcomes, WriteAck
 from campaign_pipeline.store.schema import AUDIENCE_STATUSES, campaign_audience, campaigns
 
 # PostgreSQL: one set-based UPDATE per slice, the outcomes passed as four arrays. Four bind
-# parameters whatever the slice size, so the statement is compiled once (a VALUES list of N rows
-# cost SQLAlchemy ~0.2 ms a row to compile, measured here). It counts what it changed, by status,
-# for the campaign's live counts.
+# parameters whatever the slice size, so the statement is compiled once (a VALUES list costs
+# SQLAlchemy a compile per row count). It counts what it changed, by status, for the campaign's
+# live counts.
 _UPDATE_FROM_ARRAYS = sa.text(
     """
     WITH written AS (

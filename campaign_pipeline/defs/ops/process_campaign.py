@@ -1,26 +1,20 @@
 """The ops of `process_campaign_messages`: a thin shell over `sending` and `store`."""
 
-import os
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
 
 from campaign_pipeline.clock import utcnow
+from campaign_pipeline.defs.executor import send_steps_at_once
+from campaign_pipeline.defs.ops.config import CampaignConfig, CampaignShard, ClaimedCampaign
 from campaign_pipeline.defs.ops.failures import as_dagster_failures, reasons_table, send_metadata
+from campaign_pipeline.defs.partitions import file_run_under_campaign
 from campaign_pipeline.defs.tags import (
-    CAMPAIGN_NAME_TAG,
-    CAMPAIGN_PARTITIONS,
-    PARTITION_SET_TAG,
-    PARTITION_TAG,
     STOPPED_TAG,
-    campaign_name_tag,
 )
 from campaign_pipeline.errors import CampaignScheduled, CampaignStopped
 from campaign_pipeline.lifecycle import STOPPED_STATUSES
-from campaign_pipeline.payloads import CampaignMessage
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
 from campaign_pipeline.sending import guards
@@ -34,73 +28,10 @@ from campaign_pipeline.settings import (
     campaign_max_messages_per_second,
     campaign_max_rejected,
 )
-from campaign_pipeline.store.records import IdRange
 from campaign_pipeline.text import canonical_campaign_id
 
 # How Dagster stops a step: Terminate in the UI (GraphQL terminateRun), or Ctrl-C on `process`.
 INTERRUPTS = (dg.DagsterExecutionInterruptedError, KeyboardInterrupt)
-
-
-class CampaignConfig(dg.Config):
-    """Which campaign to process, and how much of it to hold in memory at once."""
-
-    campaign_id: str = Field(description="UUID of the campaign to process.")
-    recipients_per_chunk: int = Field(
-        default=50_000, ge=1, description="Pending recipients read and built at a time."
-    )
-    outcomes_per_write: int = Field(
-        default=1_000,
-        ge=1,
-        description="Outcomes written per database update; a crash loses at most this many.",
-    )
-    lease_seconds: float = Field(
-        default=60.0,
-        gt=0,
-        description="How long the run's claim on the campaign outlives its last renewal "
-        "(every third of it while sending); a crashed run's campaign can be resumed after this.",
-    )
-    recipients_per_shard: int = Field(
-        default=250_000,
-        ge=1,
-        description="Pending recipients per send step. Steps run in parallel under the "
-        "multiprocess (or a distributed) executor; keep shards coarse, each step costs seconds.",
-    )
-    send_now: bool = Field(
-        default=False,
-        description="Start a campaign whose send_at is still ahead now (`process --now`).",
-    )
-
-
-@dataclass(frozen=True)
-class ClaimedCampaign:
-    """A campaign this run holds, with the settings the later ops need."""
-
-    message: CampaignMessage
-    resumed: bool
-    recipients_per_chunk: int
-    outcomes_per_write: int
-    lease_seconds: float
-    recipients_per_shard: int
-    # The run that claimed it. A re-execution from failure reuses this output without running
-    # claim_campaign, so its steps claim the campaign for themselves when this differs.
-    run_id: str = ""
-    # The campaign's rate cap, all its send steps together (None: no cap), as the claim read it.
-    max_messages_per_second: float | None = None
-
-    @property
-    def id(self) -> str:
-        """The campaign's id."""
-        return self.message.campaign_id
-
-
-@dataclass(frozen=True)
-class CampaignShard:
-    """The pending recipients of a claimed campaign that one send step handles."""
-
-    campaign: ClaimedCampaign
-    id_range: IdRange
-    # This step's share of the campaign's rate cap (see `plan_shards`); None: no cap.
-    max_messages_per_second: float | None = None
 
 
 def _finished_status(context: dg.OpExecutionContext) -> Any:
@@ -147,44 +78,6 @@ def _campaign_id_of_run(context: dg.OpExecutionContext, config: CampaignConfig) 
     return campaign_id
 
 
-def _file_under_campaign(context: dg.OpExecutionContext, campaign_id: str, name: str) -> None:
-    """Make the run one of the campaign's partition, with its name, however it was launched.
-
-    The sensors launch runs of the partition already; `trigger` and a hand-written launchRun
-    cannot (Dagster's GraphQL adds partitions only for assets), so the claim adds the partition
-    and the tags the UI's Partitions tab reads.
-    """
-    tags = context.run.tags
-    missing: dict[str, str] = {}
-    if CAMPAIGN_NAME_TAG not in tags:
-        missing[CAMPAIGN_NAME_TAG] = campaign_name_tag(name)
-    if PARTITION_TAG not in tags:
-        context.instance.add_dynamic_partitions(CAMPAIGN_PARTITIONS, [campaign_id])
-        missing[PARTITION_TAG] = campaign_id
-        # Dagster names a job's partition set after the job.
-        missing[PARTITION_SET_TAG] = f"{context.job_name}_partition_set"
-    if missing:
-        context.instance.add_run_tags(context.run_id, missing)
-
-
-def send_steps_at_once(run_config: Mapping[str, Any], shards: int) -> int:
-    """How many of a run's `shards` send steps its executor may run at the same time.
-
-    One under `in_process`; the multiprocess executor's `max_concurrent` (unset or 0: the
-    machine's CPUs, as Dagster does, which is also its default without an `execution` block);
-    another executor's `max_concurrent`, else every shard at once.
-    """
-    execution: Any = run_config.get("execution") or {}
-    settings: Any = execution.get("config") or {"multiprocess": {}}
-    if "in_process" in settings:
-        return 1
-    if "multiprocess" in settings:
-        limit = (settings["multiprocess"] or {}).get("max_concurrent") or os.cpu_count() or 1
-    else:
-        limit = settings.get("max_concurrent") or shards
-    return max(1, min(shards, int(limit)))
-
-
 @dg.op(out=dg.Out(ClaimedCampaign, is_required=False))
 def claim_campaign(
     context: dg.OpExecutionContext, config: CampaignConfig, campaign_store: CampaignStore
@@ -216,7 +109,7 @@ def claim_campaign(
             return
         if took_over:
             context.log.warning(took_over)
-        _file_under_campaign(context, campaign_id, claim.name)
+        file_run_under_campaign(context, campaign_id, claim.name)
         pending = claim.counts["pending"]
         if not (claim.resumed or claim.invalid_accepted):
             lease = Lease(campaign_store.claims, campaign_id, context.run_id, config.lease_seconds)
