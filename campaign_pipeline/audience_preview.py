@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Any
 import botocore.exceptions
 import polars as pl
 
-from campaign_pipeline.errors import CampaignDefinitionError
+from campaign_pipeline.errors import (
+    CampaignDefinitionError,
+    CampaignNotFound,
+    InvalidCampaignId,
+    PreviewError,
+)
+from campaign_pipeline.lifecycle import refusal
 from campaign_pipeline.payloads import CampaignMessage, build_payloads, check_campaign_message
 from campaign_pipeline.privacy import mask_phone_numbers, masked_phone_number
 from campaign_pipeline.resources.campaign_store import CampaignStore, campaign_message
@@ -46,10 +52,6 @@ DEFAULT_SAMPLE_SIZE = 5
 # A run's default `recipients_per_chunk` (CampaignConfig): the preview reads the same chunks.
 RECIPIENTS_PER_CHUNK = 50_000
 FRAME_COLUMNS = ("campaign_audience_id", "to", "payload", "failure_reason")
-
-
-class PreviewError(Exception):
-    """The campaign cannot be previewed, for a reason a person can act on (one line)."""
 
 
 @dataclass(frozen=True)
@@ -124,27 +126,30 @@ class PreviewCampaign:
 def load_campaign(store: CampaignStore, campaign_id: str) -> PreviewCampaign:
     """The campaign, if it exists, is not cancelled and its definition can be sent.
 
+    Any other status may be previewed (paused, draft, scheduled for later, finished): a
+    preview changes nothing. A cancelled campaign is refused as `lifecycle.refusal` says.
+
     Raises:
-        PreviewError: a malformed id, no such campaign, a cancelled one, or a campaign no
-            recipient of which could ever be sent (its definition's problem, in one line).
+        InvalidCampaignId: the id is not a UUID.
+        CampaignNotFound: no campaign has that id.
+        CampaignStopped: the campaign is cancelled; nothing ever sends it again.
+        CampaignDefinitionError: no recipient of it could ever be sent (its definition's
+            problem, in one line).
     """
     try:
         campaign_id = canonical_campaign_id(campaign_id)
     except ValueError as error:
-        raise PreviewError(str(error)) from None
+        raise InvalidCampaignId(str(error)) from None
     row = store.get_campaign(campaign_id)
     if row is None:
-        raise PreviewError(f"campaign {campaign_id} does not exist")
-    if row["status"] == "cancelled":
-        raise PreviewError(
-            f"campaign {campaign_id} is 'cancelled'; a cancelled campaign is never sent, "
-            "so there is nothing to preview"
-        )
+        raise CampaignNotFound(f"campaign {campaign_id} does not exist")
+    if row["status"] == "cancelled" and (refused := refusal(row)) is not None:
+        raise refused
     try:
         message = campaign_message(row)
         check_campaign_message(message)
     except CampaignDefinitionError as error:
-        raise PreviewError(f"campaign {campaign_id} cannot be sent: {error}") from None
+        raise CampaignDefinitionError(f"campaign {campaign_id} cannot be sent: {error}") from None
     return PreviewCampaign(message=message, name=row["name"], status=row["status"])
 
 
@@ -329,7 +334,8 @@ def preview(
         database_url: the campaign database; default CAMPAIGN_DATABASE_URL, as for runs.
 
     Raises:
-        PreviewError: the campaign cannot be previewed, or SQS is configured and unreadable.
+        CampaignPipelineError: the campaign cannot be previewed (`load_campaign` says why), or
+            SQS is configured and unreadable (`PreviewError`).
     """
     store = CampaignStore(database_url=database_url)
     try:

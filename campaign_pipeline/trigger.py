@@ -9,7 +9,6 @@ per `campaign_id` tag) and the campaign's lease treat it like any other run.
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,9 +23,18 @@ from gql.transport.exceptions import (
 from gql.transport.requests import RequestsHTTPTransport
 
 from campaign_pipeline.campaign_status import RUNS_SHOWN, RunSummary, utc_from_timestamp
-from campaign_pipeline.clock import as_utc
+from campaign_pipeline.clock import utcnow
 from campaign_pipeline.defs.tags import CAMPAIGN_ID_TAG, JOB_NAME, campaign_tags
+from campaign_pipeline.errors import (
+    CampaignNotFound,
+    CampaignNotProcessable,
+    DagsterError,
+    DagsterUnavailable,
+    InvalidCampaignId,
+    SettingsError,
+)
 from campaign_pipeline.jobs import campaign_run_config
+from campaign_pipeline.lifecycle import refusal
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.settings import campaign_send_processes
 from campaign_pipeline.text import canonical_campaign_id, one_line
@@ -84,22 +92,6 @@ query RunFailure($runId: ID!) {
 """
 
 
-class TriggerError(Exception):
-    """The campaign cannot be triggered, or the webserver cannot be used; one line for a person."""
-
-
-class CampaignNotFound(TriggerError):
-    """No campaign has that id."""
-
-
-class CampaignNotProcessable(TriggerError):
-    """The campaign's status, schedule or a run in progress keeps it from being processed now."""
-
-
-class DagsterUnavailable(TriggerError):
-    """The Dagster webserver did not answer, or answered without the code location's job."""
-
-
 @dataclass(frozen=True)
 class TriggerableCampaign:
     """A campaign the pipeline may process now, as the store has it."""
@@ -130,65 +122,40 @@ def parse_header(text: str) -> tuple[str, str]:
 
 
 def campaign_id_or_error(raw: str) -> str:
-    """The campaign id in canonical UUID form; raises `TriggerError` if it is not a UUID."""
+    """The campaign id in canonical UUID form; raises `InvalidCampaignId` if it is not a UUID."""
     try:
         return canonical_campaign_id(raw)
     except ValueError as error:
-        raise TriggerError(str(error)) from None
-
-
-def operator_refusal(campaign: Mapping[str, Any], send_now: bool = False) -> str | None:
-    """Why an operator's decision keeps the campaign (a store row) from being processed now.
-
-    Paused, cancelled, or scheduled for later (unless `send_now`); None when nothing does.
-    """
-    campaign_id, status = campaign["id"], campaign["status"]
-    if status == "paused":
-        return (
-            f"campaign {campaign_id} is paused; `campaign-pipeline resume {campaign_id}` "
-            "continues it"
-        )
-    if status == "cancelled":
-        return f"campaign {campaign_id} is cancelled; it is never processed again"
-    send_at = as_utc(campaign["send_at"])
-    if status == "asset_generated" and send_at and send_at > datetime.now(UTC) and not send_now:
-        return (
-            f"campaign {campaign_id} is scheduled for {send_at:%Y-%m-%d %H:%M:%S} UTC; "
-            "the sensor starts it then (--now starts it now)"
-        )
-    return None
+        raise InvalidCampaignId(str(error)) from None
 
 
 def check_processable(
     store: CampaignStore, campaign_id: str, send_now: bool = False
 ) -> TriggerableCampaign:
-    """The campaign, if `CampaignStore.claim` would take it; else `TriggerError`.
+    """The campaign, if `CampaignStore.claim` would take it; else why not, as the claim says it.
 
-    `asset_generated` is claimed (once its `send_at` has come, or with `send_now`);
-    `ready_to_launch` is resumed, which is only worth a run while recipients are still
-    pending; `paused` and `cancelled` campaigns are refused. Whether another run holds the
-    campaign is asked of Dagster (`DagsterWebserver.runs_in_progress`); the claim itself
-    still checks the lease.
+    `lifecycle.refusal` decides: `asset_generated` is claimed (once its `send_at` has come, or
+    with `send_now`); `ready_to_launch` is resumed, which is only worth a run while recipients
+    are still pending; `paused` and `cancelled` campaigns are refused. Whether another run
+    holds the campaign is asked of Dagster (`DagsterWebserver.runs_in_progress`); the claim
+    itself still checks the lease.
+
+    Raises:
+        CampaignNotFound: no campaign has that id.
+        CampaignNotProcessable: its status or schedule keeps a run from taking it now.
     """
     campaign = store.get_campaign(campaign_id)
     if campaign is None:
         raise CampaignNotFound(f"campaign {campaign_id} does not exist")
-    status = campaign["status"]
-    if refusal := operator_refusal(campaign, send_now):
-        raise CampaignNotProcessable(refusal)
-    if status not in ("asset_generated", "ready_to_launch"):
-        raise CampaignNotProcessable(
-            f"campaign {campaign_id} is {status!r}; only 'asset_generated' campaigns (or "
-            "'ready_to_launch' ones with pending recipients, which are resumed) can be processed"
-        )
+    now = utcnow()
+    # Counting reads the campaign's whole audience: only once its status does not refuse it.
+    if refused := refusal(campaign, now=now, send_now=send_now):
+        raise refused
     pending = store.count_recipients(campaign_id)["pending"]
-    if status == "ready_to_launch" and not pending:
-        raise CampaignNotProcessable(
-            f"campaign {campaign_id} is 'ready_to_launch' with no pending recipients; "
-            "there is nothing left to send"
-        )
+    if refused := refusal(campaign, now=now, send_now=send_now, pending=pending):
+        raise refused
     return TriggerableCampaign(
-        campaign_id, campaign["organization_id"], status, pending, campaign["name"]
+        campaign_id, campaign["organization_id"], campaign["status"], pending, campaign["name"]
     )
 
 
@@ -222,7 +189,7 @@ class DagsterWebserver:
         self.url = url.strip().rstrip("/")
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise TriggerError(f"the Dagster URL {url!r} is not an http(s) URL")
+            raise SettingsError(f"the Dagster URL {url!r} is not an http(s) URL")
         self.graphql_url = f"{self.url}/graphql"
         # Shown in messages and links: a password in the URL (basic auth) becomes ***.
         self.shown_url = (
@@ -244,11 +211,11 @@ class DagsterWebserver:
         """The run's page in the Dagster UI."""
         return f"{self.shown_url}/runs/{run_id}"
 
-    def _unusable(self, error: BaseException) -> TriggerError:
+    def _unusable(self, error: BaseException) -> DagsterError:
         """A one-line error for a transport failure, found anywhere in `error`'s chain.
 
         `DagsterUnavailable` when the webserver did not answer or refused to; a plain
-        `TriggerError` when it answered with an error of its own.
+        `DagsterError` when it answered with an error of its own.
         """
         chain: list[BaseException] = []
         seen: BaseException | None = error
@@ -279,7 +246,7 @@ class DagsterWebserver:
                 )
             if isinstance(seen, TransportQueryError):
                 detail = seen.errors[0].get("message") if seen.errors else seen
-                return TriggerError(f"the Dagster webserver at {self.shown_url} answered: {detail}")
+                return DagsterError(f"the Dagster webserver at {self.shown_url} answered: {detail}")
         return DagsterUnavailable(
             f"the Dagster webserver at {self.shown_url} failed: {one_line(error)}"
         )
@@ -303,7 +270,7 @@ class DagsterWebserver:
         if not isinstance(body, dict) or body.get("errors") or "data" not in body:
             errors = body.get("errors") if isinstance(body, dict) else None
             detail = one_line(errors[0].get("message", errors[0])) if errors else "no data"
-            raise TriggerError(f"the Dagster webserver at {self.shown_url} answered: {detail}")
+            raise DagsterError(f"the Dagster webserver at {self.shown_url} answered: {detail}")
         return body["data"]
 
     def runs_in_progress(self, campaign_id: str) -> list[tuple[str, str]]:
@@ -318,7 +285,7 @@ class DagsterWebserver:
             },
         )["runsOrError"]
         if data["__typename"] != "Runs":
-            raise TriggerError(f"Dagster could not list runs: {one_line(data.get('message'))}")
+            raise DagsterError(f"Dagster could not list runs: {one_line(data.get('message'))}")
         return [(run["runId"], run["status"]) for run in data["results"]]
 
     def campaign_runs(self, campaign_id: str, limit: int = RUNS_SHOWN) -> list[RunSummary]:
@@ -328,7 +295,7 @@ class DagsterWebserver:
             {"filter": {"tags": [{"key": CAMPAIGN_ID_TAG, "value": campaign_id}]}, "limit": limit},
         )["runsOrError"]
         if data["__typename"] != "Runs":
-            raise TriggerError(f"Dagster could not list runs: {one_line(data.get('message'))}")
+            raise DagsterError(f"Dagster could not list runs: {one_line(data.get('message'))}")
         return [
             RunSummary(
                 run_id=run["runId"],
@@ -357,7 +324,7 @@ class DagsterWebserver:
                 detail = error.args[1]
                 if isinstance(detail, list):  # config validation errors
                     detail = "; ".join(str(item.get("message", item)) for item in detail)
-                raise TriggerError(f"Dagster refused the run: {kind}: {one_line(detail)}") from None
+                raise DagsterError(f"Dagster refused the run: {kind}: {one_line(detail)}") from None
             raise self._unusable(error) from None
 
     def run_status(self, run_id: str) -> dg.DagsterRunStatus:
@@ -366,7 +333,7 @@ class DagsterWebserver:
             return self.client.get_run_status(run_id)
         except DagsterGraphQLClientError as error:
             if error.args and error.args[0] in ("RunNotFoundError", "PipelineRunNotFoundError"):
-                raise TriggerError(f"Dagster has no run {run_id}") from None
+                raise DagsterError(f"Dagster has no run {run_id}") from None
             raise self._unusable(error) from None
 
     def failure_reason(self, run_id: str) -> str | None:
@@ -425,7 +392,8 @@ def trigger(
     """The `trigger` command: launch, print the run and its link, optionally follow it.
 
     Returns the exit status: 0 when launched (or, with `wait`, succeeded), 1 when the followed
-    run failed or was canceled. Problems a person can fix raise `TriggerError`.
+    run failed or was canceled. Problems a person can fix raise a `CampaignPipelineError`
+    (an invalid id, a campaign no run may take now, a webserver that cannot be used).
     """
     campaign_id = campaign_id_or_error(raw_campaign_id)
     campaign, run_id = trigger_campaign(store, webserver, campaign_id, send_now)

@@ -350,7 +350,7 @@ def test_cli_json_is_the_report_with_real_payloads(
 @pytest.mark.parametrize(
     ("case", "fragments"),
     [
-        ("cancelled", ("is 'cancelled'", "nothing to preview")),
+        ("cancelled", ("is cancelled", "it is never processed again")),
         ("unknown", ("does not exist in sqlite:///",)),
         ("malformed", ("campaign id 'campaign-42' is not a UUID",)),
         ("fax", ("cannot be sent: unknown message type 'fax'",)),
@@ -428,10 +428,7 @@ def test_job_fails_in_one_line_for_a_cancelled_campaign(sqlite_store: CampaignSt
     assert not result.success
     (event,) = result.get_step_failure_events()
     description = event.step_failure_data.user_failure_data.description
-    assert description == (
-        f"campaign {campaign_id} is 'cancelled'; a cancelled campaign is never sent, "
-        "so there is nothing to preview"
-    )
+    assert description == f"campaign {campaign_id} is cancelled; it is never processed again"
     assert dump(sqlite_store) == before
 
 

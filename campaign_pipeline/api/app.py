@@ -34,25 +34,25 @@ from campaign_pipeline.api import models
 from campaign_pipeline.api.tokens import ApiToken, ApiTokens
 from campaign_pipeline.audience_preview import (
     DEFAULT_SAMPLE_SIZE,
-    PreviewError,
     build_preview,
     load_campaign,
     queue_limit_from_environment,
 )
 from campaign_pipeline.campaign_status import RunSummary, campaign_report
-from campaign_pipeline.errors import CampaignControlError, CampaignControlRefused
+from campaign_pipeline.errors import (
+    CampaignControlError,
+    CampaignDefinitionError,
+    CampaignNotFound,
+    CampaignNotProcessable,
+    DagsterError,
+    DagsterUnavailable,
+    PreviewError,
+)
 from campaign_pipeline.lifecycle import Command
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.sqs_status import SqsStatus, sqs_status_from_environment
 from campaign_pipeline.text import database_reason, display_database_url, one_line
-from campaign_pipeline.trigger import (
-    CampaignNotFound,
-    CampaignNotProcessable,
-    DagsterUnavailable,
-    DagsterWebserver,
-    TriggerError,
-    trigger_campaign,
-)
+from campaign_pipeline.trigger import DagsterWebserver, trigger_campaign
 
 logger = logging.getLogger("campaign_pipeline.api")
 
@@ -222,7 +222,7 @@ class RecentRuns:
                 return latest[1], latest[2]
             try:
                 runs, error = self.webserver.campaign_runs(campaign_id), None
-            except TriggerError as problem:
+            except DagsterError as problem:
                 runs, error = [], str(problem)
             with self._lock:
                 self._latest[campaign_id] = (time.monotonic(), runs, error)
@@ -255,15 +255,20 @@ def _validation_message(error: RequestValidationError) -> str:
 def _install_error_handlers(app: FastAPI, settings: ApiSettings) -> None:
     """Every failure becomes `{"error": ...}` with the status that says what kind it is."""
     shown_database = display_database_url(settings.database_url)
+    # The most specific class found in an error's MRO decides.
     statuses: list[tuple[type[Exception], int]] = [
         (CampaignNotFound, 404),
+        # Paused, cancelled, scheduled for later, a status no run takes, a run in progress.
         (CampaignNotProcessable, 409),
-        (CampaignControlRefused, 409),
+        # Refused by the campaign's status (`CampaignControlRefused`), or it kept changing.
         (CampaignControlError, 409),
-        (PreviewError, 409),
+        # A preview of a campaign no recipient of which could ever be sent.
+        (CampaignDefinitionError, 409),
+        # SQS is configured, but the queue's maximum message size cannot be read.
+        (PreviewError, 503),
         (DagsterUnavailable, 503),
         # Dagster answered, but with an error of its own (a refused run config, say).
-        (TriggerError, 502),
+        (DagsterError, 502),
     ]
 
     def by_status(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
@@ -477,7 +482,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         recent_runs.forget(canonical)
         try:
             status: str | None = webserver.run_status(run_id).value
-        except TriggerError:
+        except DagsterError:
             status = None  # launched all the same; the run's page tells
         return models.ProcessAccepted(
             runId=run_id,
@@ -557,12 +562,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
         Changes and sends nothing. 409 for a cancelled campaign or one that cannot be sent.
         """
-        canonical = known(campaign_id)
-        campaign = load_campaign(store, canonical)
-        try:
-            queue_limit = queue_limit_from_environment()
-        except PreviewError as error:  # the queue did not answer
-            raise ApiError(503, str(error)) from None
-        return build_preview(store, campaign, queue_limit, limit).as_dict()
+        campaign = load_campaign(store, str(campaign_id))
+        return build_preview(store, campaign, queue_limit_from_environment(), limit).as_dict()
 
     return app

@@ -12,7 +12,6 @@ import sqlalchemy as sa
 
 from campaign_pipeline.audience_preview import (
     DEFAULT_SAMPLE_SIZE,
-    PreviewError,
     PreviewReport,
     QueueLimit,
     build_preview,
@@ -176,10 +175,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
         limit = queue_limit_from_environment()
         return limit, build_preview(store, campaign, limit, args.limit)
 
-    try:
-        queue_limit, report = _read_campaign(campaign_id, preview)
-    except PreviewError as error:
-        raise CliError(str(error)) from None
+    queue_limit, report = _read_campaign(campaign_id, preview)
     if args.json:
         out(pretty(report.as_dict()))
         return 0

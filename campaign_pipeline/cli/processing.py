@@ -31,6 +31,8 @@ from campaign_pipeline.cli.common import (
 )
 from campaign_pipeline.defs.tags import JOB_NAME, STOPPED_TAG
 from campaign_pipeline.dispatch import merge_stats
+from campaign_pipeline.errors import CampaignScheduled, CampaignStopped
+from campaign_pipeline.lifecycle import refusal
 from campaign_pipeline.resources.campaign_store import (
     DATABASE_URL_VARIABLE,
     CampaignStore,
@@ -79,10 +81,11 @@ def cmd_process(args: argparse.Namespace) -> int:
         campaign = store.get_campaign(campaign_id)
         if campaign is None:
             raise CliError(f"campaign {campaign_id} does not exist in {shown}")
-        from campaign_pipeline.trigger import operator_refusal
-
-        if refusal := operator_refusal(campaign, send_now=args.now):
-            raise CliError(refusal)
+        refused = refusal(campaign, send_now=args.now)
+        # An operator's decision (paused, cancelled, later) is said here; any other refusal
+        # is the claim's, which fails the run with it.
+        if isinstance(refused, CampaignStopped | CampaignScheduled):
+            raise CliError(str(refused))
     except sa.exc.SQLAlchemyError as error:
         raise CliError(f"cannot read campaigns from {shown}: {database_reason(error)}") from None
     finally:
@@ -167,35 +170,30 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     """Launch process_campaign_messages for one campaign through the webserver's GraphQL API."""
     from campaign_pipeline import trigger  # dagster-graphql is only needed here
 
+    campaign_id = trigger.campaign_id_or_error(args.campaign_id)
+    url = (
+        args.dagster_url
+        or os.environ.get(trigger.DAGSTER_URL_VARIABLE)
+        or trigger.DEFAULT_DAGSTER_URL
+    )
+    webserver = trigger.DagsterWebserver(url, dict(args.header))
+    database_url = default_database_url()
+    store = open_store(database_url)
     try:
-        campaign_id = trigger.campaign_id_or_error(args.campaign_id)
-        url = (
-            args.dagster_url
-            or os.environ.get(trigger.DAGSTER_URL_VARIABLE)
-            or trigger.DEFAULT_DAGSTER_URL
+        return trigger.trigger(
+            store,
+            webserver,
+            campaign_id,
+            wait=args.wait,
+            send_now=args.now,
+            out=out,
+            err=_err_prefixed,
         )
-        webserver = trigger.DagsterWebserver(url, dict(args.header))
-        database_url = default_database_url()
-        store = open_store(database_url)
-        try:
-            return trigger.trigger(
-                store,
-                webserver,
-                campaign_id,
-                wait=args.wait,
-                send_now=args.now,
-                out=out,
-                err=_err_prefixed,
-            )
-        except sa.exc.SQLAlchemyError as error:
-            shown = display_database_url(database_url)
-            raise CliError(
-                f"cannot read campaigns from {shown}: {database_reason(error)}"
-            ) from None
-        finally:
-            store.engine.dispose()
-    except trigger.TriggerError as error:
-        raise CliError(str(error)) from None
+    except sa.exc.SQLAlchemyError as error:
+        shown = display_database_url(database_url)
+        raise CliError(f"cannot read campaigns from {shown}: {database_reason(error)}") from None
+    finally:
+        store.engine.dispose()
 
 
 def _err_prefixed(text: str) -> None:

@@ -14,12 +14,12 @@ from pydantic import Field
 
 from campaign_pipeline.audience_preview import (
     DEFAULT_SAMPLE_SIZE,
-    PreviewError,
     PreviewReport,
     build_preview,
     load_campaign,
     queue_limit_from_environment,
 )
+from campaign_pipeline.errors import CampaignPipelineError as PreviewError  # every refusal
 from campaign_pipeline.privacy import mask_phone_numbers
 from campaign_pipeline.resources.campaign_store import CampaignStore
 
