@@ -1,5 +1,5 @@
-"""`campaign_pipeline.trigger` in-process: the campaign checks, headers, failure reasons, and how
-the GraphQL client reports webservers it cannot use.
+"""`services.trigger` and `services.dagster_client` in-process: the campaign checks, headers,
+failure reasons, and how the GraphQL client reports webservers it cannot use.
 
 Touches SQLite campaign stores and small HTTP servers on loopback standing in for the webserver
 (or a proxy in front of it); the real webserver is in `tests/e2e/test_trigger.py`.
@@ -29,14 +29,12 @@ from campaign_pipeline.errors import (
 from campaign_pipeline.lifecycle import refusal
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.schema import campaigns
-from campaign_pipeline.trigger import (
+from campaign_pipeline.services.dagster_client import (
     DagsterWebserver,
     _failure_reason,
-    campaign_id_or_error,
-    check_processable,
     parse_header,
-    trigger,
 )
+from campaign_pipeline.services.trigger import campaign_id_or_error, check_processable, trigger
 from tests.conftest import free_port
 
 ORGANIZATION_ID = "123e4567-e89b-12d3-a456-426614174000"

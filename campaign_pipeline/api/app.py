@@ -32,13 +32,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from campaign_pipeline.api import models
 from campaign_pipeline.api.tokens import ApiToken, ApiTokens
-from campaign_pipeline.audience_preview import (
-    DEFAULT_SAMPLE_SIZE,
-    build_preview,
-    load_campaign,
-    queue_limit_from_environment,
-)
-from campaign_pipeline.campaign_status import RunSummary, campaign_report
 from campaign_pipeline.errors import (
     CampaignControlError,
     CampaignDefinitionError,
@@ -50,9 +43,17 @@ from campaign_pipeline.errors import (
 )
 from campaign_pipeline.lifecycle import Command
 from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.sqs_status import SqsStatus, sqs_status_from_environment
+from campaign_pipeline.services.dagster_client import DagsterWebserver
+from campaign_pipeline.services.preview import (
+    DEFAULT_SAMPLE_SIZE,
+    build_preview,
+    load_campaign,
+    queue_limit_from_environment,
+)
+from campaign_pipeline.services.sqs_health import SqsStatus, sqs_status_from_environment
+from campaign_pipeline.services.status import RunSummary, campaign_report
+from campaign_pipeline.services.trigger import trigger_campaign
 from campaign_pipeline.text import database_reason, display_database_url, one_line
-from campaign_pipeline.trigger import DagsterWebserver, trigger_campaign
 
 logger = logging.getLogger("campaign_pipeline.api")
 

@@ -33,7 +33,7 @@ def cmd_serve_api(args: argparse.Namespace) -> int:
 
     from campaign_pipeline.api.app import ApiSettings, create_app
     from campaign_pipeline.api.tokens import tokens_from_environment
-    from campaign_pipeline.trigger import (
+    from campaign_pipeline.services.dagster_client import (
         DAGSTER_URL_VARIABLE,
         DEFAULT_DAGSTER_URL,
         DagsterWebserver,

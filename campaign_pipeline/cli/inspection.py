@@ -10,21 +10,6 @@ from typing import Any, TypeVar
 import dagster as dg
 import sqlalchemy as sa
 
-from campaign_pipeline.audience_preview import (
-    DEFAULT_SAMPLE_SIZE,
-    PreviewReport,
-    QueueLimit,
-    build_preview,
-    format_preview,
-    load_campaign,
-    queue_limit_from_environment,
-)
-from campaign_pipeline.campaign_status import (
-    RunSummary,
-    campaign_report,
-    campaign_runs,
-    format_report,
-)
 from campaign_pipeline.cli.common import (
     PROG,
     QUEUE_URL_VARIABLE,
@@ -42,7 +27,22 @@ from campaign_pipeline.cli.common import (
     whole_number,
 )
 from campaign_pipeline.resources.campaign_store import CampaignStore, default_database_url
-from campaign_pipeline.sqs_status import sqs_status_from_environment
+from campaign_pipeline.services.preview import (
+    DEFAULT_SAMPLE_SIZE,
+    PreviewReport,
+    QueueLimit,
+    build_preview,
+    format_preview,
+    load_campaign,
+    queue_limit_from_environment,
+)
+from campaign_pipeline.services.sqs_health import sqs_status_from_environment
+from campaign_pipeline.services.status import (
+    RunSummary,
+    campaign_report,
+    campaign_runs,
+    format_report,
+)
 
 T = TypeVar("T")
 
@@ -123,7 +123,7 @@ def cmd_sqs_status(args: argparse.Namespace) -> int:
 
 def _runs(campaign_id: str) -> list[RunSummary]:
     """The campaign's runs in the Dagster instance at $DAGSTER_HOME (`process` uses ./.dagster)."""
-    from campaign_pipeline.trigger import DAGSTER_URL_VARIABLE, DEFAULT_DAGSTER_URL
+    from campaign_pipeline.services.dagster_client import DAGSTER_URL_VARIABLE, DEFAULT_DAGSTER_URL
 
     home = os.environ.get("DAGSTER_HOME", "").strip() or ".dagster"
     if not Path(home).is_dir():

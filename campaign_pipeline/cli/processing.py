@@ -168,15 +168,16 @@ def _report_run(
 
 def cmd_trigger(args: argparse.Namespace) -> int:
     """Launch process_campaign_messages for one campaign through the webserver's GraphQL API."""
-    from campaign_pipeline import trigger  # dagster-graphql is only needed here
+    # dagster-graphql is only needed here
+    from campaign_pipeline.services import dagster_client, trigger
 
     campaign_id = trigger.campaign_id_or_error(args.campaign_id)
     url = (
         args.dagster_url
-        or os.environ.get(trigger.DAGSTER_URL_VARIABLE)
-        or trigger.DEFAULT_DAGSTER_URL
+        or os.environ.get(dagster_client.DAGSTER_URL_VARIABLE)
+        or dagster_client.DEFAULT_DAGSTER_URL
     )
-    webserver = trigger.DagsterWebserver(url, dict(args.header))
+    webserver = dagster_client.DagsterWebserver(url, dict(args.header))
     database_url = default_database_url()
     store = open_store(database_url)
     try:
@@ -201,7 +202,7 @@ def _err_prefixed(text: str) -> None:
 
 
 def _header(text: str) -> tuple[str, str]:
-    from campaign_pipeline.trigger import parse_header
+    from campaign_pipeline.services.dagster_client import parse_header
 
     try:
         return parse_header(text)

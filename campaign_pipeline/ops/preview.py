@@ -12,16 +12,16 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from campaign_pipeline.audience_preview import (
+from campaign_pipeline.errors import CampaignPipelineError as PreviewError  # every refusal
+from campaign_pipeline.privacy import mask_phone_numbers
+from campaign_pipeline.resources.campaign_store import CampaignStore
+from campaign_pipeline.services.preview import (
     DEFAULT_SAMPLE_SIZE,
     PreviewReport,
     build_preview,
     load_campaign,
     queue_limit_from_environment,
 )
-from campaign_pipeline.errors import CampaignPipelineError as PreviewError  # every refusal
-from campaign_pipeline.privacy import mask_phone_numbers
-from campaign_pipeline.resources.campaign_store import CampaignStore
 
 
 class PreviewConfig(dg.Config):

@@ -8,7 +8,7 @@ asked only for that size, and when it is not configured 1 MiB (its default) is a
 `build_preview` counts (memory bounded by one chunk and the sample) for `preview --json`, the
 `preview_campaign` job and the text report; `preview_frame` and `preview` give one row per
 recipient, as Polars and as pandas, for notebooks. This module is `campaign_pipeline.preview`'s
-home; it is not named `preview` so that importing it never hides that function.
+home; it lives in `services`, so importing it never hides that function.
 """
 
 import json
@@ -32,7 +32,7 @@ from campaign_pipeline.payloads import CampaignMessage, build_payloads, check_ca
 from campaign_pipeline.privacy import mask_phone_numbers, masked_phone_number
 from campaign_pipeline.resources.campaign_store import CampaignStore, campaign_message
 from campaign_pipeline.resources.sqs_queue import SqsQueue
-from campaign_pipeline.sqs_status import (
+from campaign_pipeline.services.sqs_health import (
     CHECK_CONNECT_TIMEOUT_SECONDS,
     CHECK_MAX_ATTEMPTS,
     CHECK_READ_TIMEOUT_SECONDS,
