@@ -33,6 +33,7 @@ from campaign_pipeline.services.dagster_client import (
     DagsterWebserver,
     _failure_reason,
     parse_header,
+    run_page,
 )
 from campaign_pipeline.services.trigger import campaign_id_or_error, check_processable, trigger
 from tests.conftest import free_port
@@ -336,3 +337,5 @@ def test_a_password_in_the_url_is_not_shown() -> None:
 
     assert "hunter2" not in str(raised.value) + webserver.run_url("r")
     assert "ops:***@127.0.0.1" in str(raised.value)
+    # The command line's `status` links runs it reads from the instance the same way.
+    assert run_page(url + "/", "r") == webserver.run_url("r") == f"{webserver.shown_url}/runs/r"

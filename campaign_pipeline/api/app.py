@@ -44,12 +44,7 @@ from campaign_pipeline.errors import (
 from campaign_pipeline.lifecycle import Command
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.services.dagster_client import DagsterWebserver
-from campaign_pipeline.services.preview import (
-    DEFAULT_SAMPLE_SIZE,
-    build_preview,
-    load_campaign,
-    queue_limit_from_environment,
-)
+from campaign_pipeline.services.preview import DEFAULT_SAMPLE_SIZE, preview_report
 from campaign_pipeline.services.sqs_health import SqsStatus, sqs_status_from_environment
 from campaign_pipeline.services.status import RunSummary, campaign_report
 from campaign_pipeline.services.trigger import trigger_campaign
@@ -456,10 +451,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
         """
         canonical = known(campaign_id)
         runs, runs_error = recent_runs.get(canonical)
-        report = campaign_report(store, canonical, runs)
-        if report is None:
-            raise ApiError(404, f"campaign {canonical} does not exist")
-        return report | {"runs_error": runs_error}
+        return campaign_report(store, canonical, runs, runs_error)
 
     @app.post(
         "/api/campaigns/{campaign_id}/process-messages",
@@ -563,7 +555,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
         Changes and sends nothing. 409 for a cancelled campaign or one that cannot be sent.
         """
-        campaign = load_campaign(store, str(campaign_id))
-        return build_preview(store, campaign, queue_limit_from_environment(), limit).as_dict()
+        _, report = preview_report(store, str(campaign_id), limit)
+        return report.as_dict()
 
     return app

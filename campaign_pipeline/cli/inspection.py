@@ -29,20 +29,11 @@ from campaign_pipeline.cli.common import (
 from campaign_pipeline.resources.campaign_store import CampaignStore, default_database_url
 from campaign_pipeline.services.preview import (
     DEFAULT_SAMPLE_SIZE,
-    PreviewReport,
-    QueueLimit,
-    build_preview,
     format_preview,
-    load_campaign,
-    queue_limit_from_environment,
+    preview_report,
 )
 from campaign_pipeline.services.sqs_health import sqs_status_from_environment
-from campaign_pipeline.services.status import (
-    RunSummary,
-    campaign_report,
-    campaign_runs,
-    format_report,
-)
+from campaign_pipeline.services.status import RunSummary, campaign_report, format_report
 
 T = TypeVar("T")
 
@@ -123,7 +114,11 @@ def cmd_sqs_status(args: argparse.Namespace) -> int:
 
 def _runs(campaign_id: str) -> list[RunSummary]:
     """The campaign's runs in the Dagster instance at $DAGSTER_HOME (`process` uses ./.dagster)."""
-    from campaign_pipeline.services.dagster_client import DAGSTER_URL_VARIABLE, DEFAULT_DAGSTER_URL
+    from campaign_pipeline.services.dagster_client import (
+        DAGSTER_URL_VARIABLE,
+        DEFAULT_DAGSTER_URL,
+        campaign_runs_in_instance,
+    )
 
     home = os.environ.get("DAGSTER_HOME", "").strip() or ".dagster"
     if not Path(home).is_dir():
@@ -131,7 +126,7 @@ def _runs(campaign_id: str) -> list[RunSummary]:
     os.environ["DAGSTER_HOME"] = str(Path(home).resolve())
     url = os.environ.get(DAGSTER_URL_VARIABLE) or DEFAULT_DAGSTER_URL
     with dg.DagsterInstance.get() as instance:
-        return campaign_runs(instance, campaign_id, url)
+        return campaign_runs_in_instance(instance, campaign_id, url)
 
 
 def _read_campaign(campaign_id: str, read: Callable[[CampaignStore], T]) -> T:
@@ -156,8 +151,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     report = _read_campaign(
         campaign_id, lambda store: campaign_report(store, campaign_id, _runs(campaign_id))
     )
-    if report is None:
-        raise CliError(f"campaign {campaign_id} does not exist")
     if args.json:
         out(pretty(report))
     else:
@@ -169,13 +162,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_preview(args: argparse.Namespace) -> int:
     """Print what a run would make of the campaign's pending recipients; change and send nothing."""
     campaign_id = parse_campaign_id(args.campaign_id)
-
-    def preview(store: CampaignStore) -> tuple[QueueLimit, PreviewReport]:
-        campaign = load_campaign(store, campaign_id)
-        limit = queue_limit_from_environment()
-        return limit, build_preview(store, campaign, limit, args.limit)
-
-    queue_limit, report = _read_campaign(campaign_id, preview)
+    queue_limit, report = _read_campaign(
+        campaign_id, lambda store: preview_report(store, campaign_id, args.limit)
+    )
     if args.json:
         out(pretty(report.as_dict()))
         return 0

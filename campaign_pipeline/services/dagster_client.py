@@ -4,11 +4,14 @@
 `campaign_id` tag, follows a run to its end and says why it failed, with optional headers for a
 proxy in front of the webserver. Every problem is one line: `DagsterUnavailable` when the
 webserver does not answer (or refuses to), `DagsterError` when it answers with an error.
+`campaign_runs_in_instance` lists the same runs from a Dagster instance at hand (the command
+line's `status`); both link a run to the UI with `run_page`.
 """
 
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,7 +27,7 @@ from gql.transport.requests import RequestsHTTPTransport
 
 from campaign_pipeline.defs.tags import CAMPAIGN_ID_TAG, JOB_NAME
 from campaign_pipeline.errors import DagsterError, DagsterUnavailable, SettingsError
-from campaign_pipeline.services.status import RUNS_SHOWN, RunSummary, utc_from_timestamp
+from campaign_pipeline.services.status import RunSummary
 from campaign_pipeline.text import one_line
 
 DAGSTER_URL_VARIABLE = "DAGSTER_URL"
@@ -35,6 +38,8 @@ FINISHED_STATUSES = frozenset(
     {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 )
 REQUEST_TIMEOUT_SECONDS = 30
+# Runs of a campaign listed, newest first.
+RUNS_SHOWN = 10
 
 RUNS_IN_PROGRESS_QUERY = """
 query CampaignRunsInProgress($filter: RunsFilter!) {
@@ -98,6 +103,45 @@ def parse_header(text: str) -> tuple[str, str]:
     return name, value
 
 
+def shown_url(url: str) -> str:
+    """The Dagster URL as messages and links show it: a password in it (basic auth) as ***."""
+    url = url.strip().rstrip("/")
+    try:
+        password = urlsplit(url).password
+    except ValueError:  # not a URL at all; nothing to hide in it
+        return url
+    return url.replace(f":{password}@", ":***@", 1) if password else url
+
+
+def run_page(dagster_url: str, run_id: str) -> str:
+    """The run's page in the Dagster UI at `dagster_url`."""
+    return f"{shown_url(dagster_url)}/runs/{run_id}"
+
+
+def utc_from_timestamp(timestamp: float | None) -> datetime | None:
+    """A run's start or end time (seconds since the epoch, or None) as a UTC datetime."""
+    return datetime.fromtimestamp(timestamp, UTC) if timestamp else None
+
+
+def campaign_runs_in_instance(
+    instance: dg.DagsterInstance, campaign_id: str, dagster_url: str
+) -> list[RunSummary]:
+    """The campaign's latest runs (by its `campaign_id` tag) in `instance`, newest first."""
+    records = instance.get_run_records(
+        dg.RunsFilter(tags={CAMPAIGN_ID_TAG: campaign_id}), limit=RUNS_SHOWN
+    )
+    return [
+        RunSummary(
+            run_id=record.dagster_run.run_id,
+            status=record.dagster_run.status.value,
+            start_time=utc_from_timestamp(record.start_time),
+            end_time=utc_from_timestamp(record.end_time),
+            url=run_page(dagster_url, record.dagster_run.run_id),
+        )
+        for record in records
+    ]
+
+
 def _failure_reason(events: Iterable[Mapping[str, Any]]) -> str | None:
     """One line on why a run failed, from its events: the first failed step, else the run's."""
     fallback = None
@@ -130,10 +174,7 @@ class DagsterWebserver:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SettingsError(f"the Dagster URL {url!r} is not an http(s) URL")
         self.graphql_url = f"{self.url}/graphql"
-        # Shown in messages and links: a password in the URL (basic auth) becomes ***.
-        self.shown_url = (
-            self.url.replace(f":{parts.password}@", ":***@", 1) if parts.password else self.url
-        )
+        self.shown_url = shown_url(self.url)
         self._headers = dict(headers or {})
         self._timeout = timeout
         transport = RequestsHTTPTransport(
@@ -148,7 +189,7 @@ class DagsterWebserver:
 
     def run_url(self, run_id: str) -> str:
         """The run's page in the Dagster UI."""
-        return f"{self.shown_url}/runs/{run_id}"
+        return run_page(self.url, run_id)
 
     def _unusable(self, error: BaseException) -> DagsterError:
         """A one-line error for a transport failure, found anywhere in `error`'s chain.

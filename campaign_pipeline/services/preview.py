@@ -5,8 +5,10 @@ pending recipients streamed with `CampaignStore.iter_pending_recipients` in the 
 and `build_payloads` with the queue's `MaximumMessageSize`. Nothing is written anywhere; SQS is
 asked only for that size, and when it is not configured 1 MiB (its default) is assumed.
 
-`build_preview` counts (memory bounded by one chunk and the sample) for `preview --json`, the
-`preview_campaign` job and the text report; `preview_frame` and `preview` give one row per
+`build_preview` counts (memory bounded by one chunk and the sample) for the `preview_campaign`
+job and, through `preview_report`, for `preview` (text and `--json`) and the HTTP API's
+`GET /api/campaigns/{id}/preview`, which answer with one document (`PreviewReport.as_dict`);
+`preview_frame` and `preview` give one row per
 recipient, as Polars and as pandas, for notebooks. This module is `campaign_pipeline.preview`'s
 home; it lives in `services`, so importing it never hides that function.
 """
@@ -189,7 +191,7 @@ class PreviewReport:
         return sorted(self.invalid_by_reason.items(), key=lambda item: (-item[1], item[0]))
 
     def as_dict(self) -> dict[str, Any]:
-        """The `preview --json` document; the sample as payload objects, phone numbers kept."""
+        """The `preview --json` document (the API's too); the sample as payload objects, as sent."""
         return {
             "campaign_id": self.campaign_id,
             "name": self.name,
@@ -236,6 +238,20 @@ def build_preview(
             valid = built.filter(pl.col("failure_reason").is_null())
             report.sample += valid["payload"].head(wanted).to_list()
     return report
+
+
+def preview_report(
+    store: CampaignStore, campaign_id: str, sample_size: int = DEFAULT_SAMPLE_SIZE
+) -> tuple[QueueLimit, PreviewReport]:
+    """The `preview` command's and `GET .../preview`'s report, and the queue limit it used.
+
+    Raises:
+        CampaignPipelineError: the campaign cannot be previewed (`load_campaign` says why), or
+            SQS is configured and unreadable (`PreviewError`).
+    """
+    campaign = load_campaign(store, campaign_id)
+    queue_limit = queue_limit_from_environment()
+    return queue_limit, build_preview(store, campaign, queue_limit, sample_size)
 
 
 def format_preview(report: PreviewReport) -> list[str]:
