@@ -6,11 +6,11 @@ and `build_payloads` with the queue's `MaximumMessageSize`. Nothing is written a
 asked only for that size, and when it is not configured 1 MiB (its default) is assumed.
 
 `build_preview` counts (memory bounded by one chunk and the sample) for the `preview_campaign`
-job and, through `preview_report`, for `preview` (text and `--json`) and the HTTP API's
-`GET /api/campaigns/{id}/preview`, which answer with one document (`PreviewReport.as_dict`);
-`preview_frame` and `preview` give one row per
-recipient, as Polars and as pandas, for notebooks. This module is `campaign_pipeline.preview`'s
-home; it lives in `services`, so importing it never hides that function.
+job and, through `preview_report`, for the `preview` command and the HTTP API's
+`GET /api/campaigns/{id}/preview`: `--json` and the API answer with one document,
+`PreviewReport.as_dict`. `preview_frame` and `preview` give one row per recipient, as Polars
+and as pandas, for notebooks. This module is `campaign_pipeline.preview`'s home; it lives in
+`services`, so importing it never hides that function.
 """
 
 import json
