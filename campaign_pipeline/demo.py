@@ -14,14 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from campaign_pipeline.errors import DemoUnavailable
 from campaign_pipeline.resources.campaign_store import CampaignStore
 
 DEMO_ORGANIZATION_ID = "0d3a5c8e-5b1f-4c2e-9f4a-6e2d1b7c9a10"
 DEMO_QUEUE_NAME = "whatsapp-messages.fifo"
-
-
-class DemoError(RuntimeError):
-    """The demo cannot start for a reason a person can act on."""
 
 
 def _recipient(phone: str, name: str | None, **attributes: str) -> dict[str, Any]:
@@ -187,7 +184,7 @@ def _only_demo_campaigns(path: Path) -> bool:
 def reset_demo_database(path: Path) -> None:
     """Delete the demo's SQLite file (and its WAL files), refusing one with other campaigns."""
     if path.exists() and not _only_demo_campaigns(path):
-        raise DemoError(
+        raise DemoUnavailable(
             f"refusing to delete {path}: it holds campaigns the demo did not create; "
             "move it away or point DAGSTER_HOME elsewhere"
         )
@@ -242,11 +239,13 @@ def local_sqs_server(log_path: Path | None = None, timeout: float = 30) -> Itera
         deadline = time.monotonic() + timeout
         while not port_is_open(port):
             if process.poll() is not None:
-                raise DemoError(
+                raise DemoUnavailable(
                     f"moto's server exited with status {process.returncode}"
                     + (f"; see {log_path}" if log_path else "")
                 )
             if time.monotonic() > deadline:
-                raise DemoError(f"moto's server did not listen on port {port} within {timeout}s")
+                raise DemoUnavailable(
+                    f"moto's server did not listen on port {port} within {timeout}s"
+                )
             time.sleep(0.05)
         yield f"http://127.0.0.1:{port}"

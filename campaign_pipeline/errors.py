@@ -18,7 +18,9 @@ CampaignPipelineError
 │   └── DagsterUnavailable      it did not answer at all
 ├── PreviewError                the campaign cannot be previewed
 ├── TokenError                  an API token (or where tokens come from) is unusable
-└── BrokerUnreachable           the Celery broker does not answer
+├── BrokerUnreachable           the Celery broker does not answer
+├── InvalidCampaignId           the text given as a campaign id is not a UUID
+└── DemoUnavailable             the demo cannot start (its database, its local SQS server)
 ```
 
 Dagster-free: the ops turn these into `dg.Failure` (see `defs/ops/failures.py`), the CLI into
@@ -113,3 +115,11 @@ class TokenError(CampaignPipelineError):
 
 class BrokerUnreachable(CampaignPipelineError):
     """The Celery broker does not answer."""
+
+
+class InvalidCampaignId(CampaignPipelineError, ValueError):
+    """The text given as a campaign id is not a UUID."""
+
+
+class DemoUnavailable(CampaignPipelineError):
+    """The demo cannot start: its database holds other campaigns, or its SQS server did not."""

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from campaign_pipeline.api import tokens as api_tokens
-from campaign_pipeline.api.tokens import TokenError, tokens_from_environment
+from campaign_pipeline.api.tokens import tokens_from_environment
+from campaign_pipeline.errors import TokenError
 
 OPERATOR = "operator-token-0123456789abcdef"
 READER = "reader-token-0123456789abcdef"

@@ -1,8 +1,9 @@
 """The `campaign-pipeline` console script, run as a real subprocess.
 
 Covers `init-db`, `process` (on SQLite and PostgreSQL, and every check it makes before a run),
-`messages` and `demo --once`. Touches a temporary DAGSTER_HOME and working directory, moto's SQS
-server over HTTP, SQLite files and a throwaway PostgreSQL database.
+`pause` of an unknown campaign, `messages` and `demo --once`. Touches a temporary DAGSTER_HOME
+and working directory, moto's SQS server over HTTP, SQLite files and a throwaway PostgreSQL
+database.
 """
 
 import json
@@ -11,6 +12,7 @@ import re
 import sqlite3
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -18,8 +20,9 @@ import pytest
 import sqlalchemy as sa
 
 from campaign_pipeline.demo import DEMO_CAMPAIGNS, port_is_open
+from campaign_pipeline.lifecycle import refusal
 from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.store.schema import campaign_audience
+from campaign_pipeline.store.schema import campaign_audience, campaigns
 from tests.conftest import assert_one_line_error, drain, free_port, run_cli
 
 ORGANIZATION_ID = "123e4567-e89b-12d3-a456-426614174000"
@@ -234,6 +237,48 @@ def test_process_reports_an_unknown_campaign(
     assert_one_line_error(result, f"campaign {campaign_id} does not exist")
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         assert instance.get_runs() == []
+
+
+@pytest.mark.parametrize("status", ["paused", "cancelled", "later"])
+def test_process_refuses_a_stopped_or_later_campaign_in_the_lifecycle_tables_words(
+    cli_env: dict[str, str],
+    sqlite_store: CampaignStore,
+    dagster_home: Path,
+    tmp_path: Path,
+    status: str,
+) -> None:
+    """Paused, cancelled and later campaigns: `lifecycle.refusal`'s line, exit 2, no run."""
+    campaign_id = add_text_campaign(sqlite_store, phones(1, 0))
+    values: dict[str, object] = {"send_at": datetime.now(UTC) + timedelta(days=1)}
+    if status != "later":
+        values |= {"status": status, f"{status}_by": "ops", f"{status}_at": datetime.now(UTC)}
+    with sqlite_store.engine.begin() as connection:
+        connection.execute(
+            sa.update(campaigns).where(campaigns.c.id == campaign_id).values(**values)
+        )
+    expected = refusal(sqlite_store.campaigns.get(campaign_id))
+    env = cli_env | {"CAMPAIGN_DATABASE_URL": sqlite_store.database_url}
+
+    result = run_cli("process", campaign_id, env=env, cwd=tmp_path)
+
+    assert expected is not None
+    assert_one_line_error(result, f"campaign-pipeline: error: {expected}")
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        assert instance.get_runs() == []
+
+
+def test_pause_reports_an_unknown_campaign(
+    cli_env: dict[str, str], sqlite_store: CampaignStore, tmp_path: Path
+) -> None:
+    """A UUID with no campaign is one line and exit 2, as every refused command."""
+    campaign_id = str(uuid.uuid4())
+    env = cli_env | {"CAMPAIGN_DATABASE_URL": sqlite_store.database_url}
+
+    result = run_cli("pause", campaign_id, env=env, cwd=tmp_path)
+
+    assert_one_line_error(
+        result, f"campaign-pipeline: error: campaign {campaign_id} does not exist"
+    )
 
 
 def test_process_reports_an_unreachable_database_without_its_password(

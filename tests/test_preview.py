@@ -22,8 +22,12 @@ import pytest
 import sqlalchemy as sa
 
 import campaign_pipeline
-from campaign_pipeline import audience_preview
-from campaign_pipeline.audience_preview import (
+from campaign_pipeline.definitions import defs
+from campaign_pipeline.defs.jobs import preview_campaign
+from campaign_pipeline.resources.campaign_store import CampaignStore
+from campaign_pipeline.resources.sqs_queue import SqsQueue
+from campaign_pipeline.services import preview as preview_service
+from campaign_pipeline.services.preview import (
     ASSUMED_MAX_MESSAGE_BYTES,
     ASSUMED_SOURCE,
     PreviewReport,
@@ -32,10 +36,6 @@ from campaign_pipeline.audience_preview import (
     load_campaign,
     queue_limit_from_environment,
 )
-from campaign_pipeline.definitions import defs
-from campaign_pipeline.defs.jobs import preview_campaign
-from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.resources.sqs_queue import SqsQueue
 from campaign_pipeline.store.schema import campaign_audience, campaigns
 from tests.conftest import REGION, assert_one_line_error, drain, free_port, run_cli
 from tests.test_job import run_job
@@ -245,8 +245,8 @@ def test_import_stays_light_and_preview_stays_the_function() -> None:
     """`import campaign_pipeline` loads no Polars; importing the module keeps `preview` callable."""
     light = "import sys, campaign_pipeline; assert not {'polars', 'dagster'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", light], check=True)
-    # This module imported `campaign_pipeline.audience_preview` (and so the package) already.
-    assert campaign_pipeline.preview is audience_preview.preview
+    # This module imported `campaign_pipeline.services.preview` (and so the package) already.
+    assert campaign_pipeline.preview is preview_service.preview
 
 
 def test_queue_limit_is_assumed_when_sqs_is_not_configured(
@@ -350,7 +350,7 @@ def test_cli_json_is_the_report_with_real_payloads(
 @pytest.mark.parametrize(
     ("case", "fragments"),
     [
-        ("cancelled", ("is 'cancelled'", "nothing to preview")),
+        ("cancelled", ("is cancelled", "it is never processed again")),
         ("unknown", ("does not exist in sqlite:///",)),
         ("malformed", ("campaign id 'campaign-42' is not a UUID",)),
         ("fax", ("cannot be sent: unknown message type 'fax'",)),
@@ -428,10 +428,7 @@ def test_job_fails_in_one_line_for_a_cancelled_campaign(sqlite_store: CampaignSt
     assert not result.success
     (event,) = result.get_step_failure_events()
     description = event.step_failure_data.user_failure_data.description
-    assert description == (
-        f"campaign {campaign_id} is 'cancelled'; a cancelled campaign is never sent, "
-        "so there is nothing to preview"
-    )
+    assert description == f"campaign {campaign_id} is cancelled; it is never processed again"
     assert dump(sqlite_store) == before
 
 

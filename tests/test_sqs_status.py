@@ -22,7 +22,11 @@ from campaign_pipeline.defs.jobs import check_sqs_status
 from campaign_pipeline.defs.ops.sqs_status import SQS_QUEUE_ASSET
 from campaign_pipeline.defs.schedules import sqs_status_schedule
 from campaign_pipeline.resources.sqs_queue import SqsQueue
-from campaign_pipeline.sqs_status import SqsStatus, probe_sqs_status, sqs_status_from_environment
+from campaign_pipeline.services.sqs_health import (
+    SqsStatus,
+    probe_sqs_status,
+    sqs_status_from_environment,
+)
 from tests.conftest import REGION, free_port, run_cli
 
 SECRET = "planted-Secret-4f9c1e-must-not-show"

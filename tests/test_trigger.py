@@ -1,5 +1,5 @@
-"""`campaign_pipeline.trigger` in-process: the campaign checks, headers, failure reasons, and how
-the GraphQL client reports webservers it cannot use.
+"""`services.trigger` and `services.dagster_client` in-process: the campaign checks, headers,
+failure reasons, and how the GraphQL client reports webservers it cannot use.
 
 Touches SQLite campaign stores and small HTTP servers on loopback standing in for the webserver
 (or a proxy in front of it); the real webserver is in `tests/e2e/test_trigger.py`.
@@ -8,23 +8,34 @@ Touches SQLite campaign stores and small HTTP servers on loopback standing in fo
 import json
 import threading
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 
 from campaign_pipeline.defs.tags import JOB_NAME
-from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.trigger import (
-    DagsterWebserver,
-    TriggerError,
-    _failure_reason,
-    campaign_id_or_error,
-    check_processable,
-    parse_header,
-    trigger,
+from campaign_pipeline.errors import (
+    CampaignNotFound,
+    CampaignNotProcessable,
+    CampaignScheduled,
+    CampaignStopped,
+    DagsterUnavailable,
+    InvalidCampaignId,
+    SettingsError,
 )
+from campaign_pipeline.lifecycle import refusal
+from campaign_pipeline.resources.campaign_store import CampaignStore
+from campaign_pipeline.services.dagster_client import (
+    DagsterWebserver,
+    _failure_reason,
+    parse_header,
+    run_page,
+)
+from campaign_pipeline.services.trigger import campaign_id_or_error, check_processable, trigger
+from campaign_pipeline.store.schema import campaigns
 from tests.conftest import free_port
 
 ORGANIZATION_ID = "123e4567-e89b-12d3-a456-426614174000"
@@ -129,7 +140,7 @@ def test_campaign_id_is_normalised_or_refused() -> None:
     assert campaign_id_or_error("123E4567-E89B-12D3-A456-426614174001") == (
         "123e4567-e89b-12d3-a456-426614174001"
     )
-    with pytest.raises(TriggerError, match="'nope' is not a UUID"):
+    with pytest.raises(InvalidCampaignId, match="'nope' is not a UUID"):
         campaign_id_or_error("nope")
 
 
@@ -142,12 +153,39 @@ def test_check_processable_follows_the_claim_rules(sqlite_store: CampaignStore) 
 
     assert check_processable(sqlite_store, fresh).status == "asset_generated"
     assert check_processable(sqlite_store, resumable).pending == 2
-    with pytest.raises(TriggerError, match="with no pending recipients"):
+    with pytest.raises(CampaignNotProcessable, match="with no pending recipients"):
         check_processable(sqlite_store, finished)
-    with pytest.raises(TriggerError, match="is 'draft'; only 'asset_generated' campaigns"):
+    with pytest.raises(
+        CampaignNotProcessable, match="is 'draft'; only 'asset_generated' campaigns"
+    ):
         check_processable(sqlite_store, draft)
-    with pytest.raises(TriggerError, match="does not exist"):
+    with pytest.raises(CampaignNotFound, match="does not exist"):
         check_processable(sqlite_store, "00000000-0000-4000-8000-000000000000")
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [("paused", CampaignStopped), ("cancelled", CampaignStopped), ("later", CampaignScheduled)],
+)
+def test_check_processable_refuses_in_the_lifecycle_tables_words(
+    sqlite_store: CampaignStore, status: str, kind: type[Exception]
+) -> None:
+    """Paused, cancelled and scheduled campaigns are refused with `lifecycle.refusal`'s error."""
+    campaign_id = add_campaign(sqlite_store, "asset_generated" if status == "later" else status)
+    with sqlite_store.engine.begin() as connection:
+        connection.execute(
+            sa.update(campaigns)
+            .where(campaigns.c.id == campaign_id)
+            .values(send_at=datetime.now(UTC) + timedelta(days=1), paused_by="ops")
+        )
+    expected = refusal(sqlite_store.campaigns.get(campaign_id))
+
+    with pytest.raises(kind) as raised:
+        check_processable(sqlite_store, campaign_id)
+
+    assert isinstance(expected, kind) and str(raised.value) == str(expected)
+    if status == "later":
+        assert check_processable(sqlite_store, campaign_id, send_now=True).pending == 2
 
 
 def test_failure_reason_prefers_the_failed_steps_description() -> None:
@@ -210,7 +248,7 @@ def test_trigger_refuses_a_campaign_with_a_run_in_progress(
     campaign_id = add_campaign(sqlite_store)
     url = http_server(fake_dagster([], [{"runId": "busy-1", "status": "STARTED"}]))
 
-    with pytest.raises(TriggerError) as raised:
+    with pytest.raises(CampaignNotProcessable) as raised:
         trigger(sqlite_store, DagsterWebserver(url), campaign_id, wait=False, out=print, err=print)
 
     assert str(raised.value) == (
@@ -243,7 +281,9 @@ def test_webserver_errors_are_one_line(
     webserver = DagsterWebserver(url)
 
     for call in (lambda: webserver.runs_in_progress("c"), lambda: webserver.launch({}, {})):
-        with pytest.raises(TriggerError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        with pytest.raises(
+            DagsterUnavailable, match=expected.replace("(", r"\(").replace(")", r"\)")
+        ):
             call()
 
 
@@ -257,13 +297,15 @@ def test_an_unreachable_webserver_is_named() -> None:
         lambda: webserver.launch({}, {}),
         lambda: webserver.run_status("r"),
     ):
-        with pytest.raises(TriggerError, match=f"cannot reach the Dagster webserver at {url}"):
+        with pytest.raises(
+            DagsterUnavailable, match=f"cannot reach the Dagster webserver at {url}"
+        ):
             call()
 
 
 def test_a_url_that_is_not_http_is_refused() -> None:
     """Only http(s) URLs with a host are accepted."""
-    with pytest.raises(TriggerError, match="is not an http"):
+    with pytest.raises(SettingsError, match="is not an http"):
         DagsterWebserver("127.0.0.1:3000")
 
 
@@ -290,8 +332,10 @@ def test_a_password_in_the_url_is_not_shown() -> None:
     url = f"http://ops:hunter2@127.0.0.1:{free_port()}"
     webserver = DagsterWebserver(url)
 
-    with pytest.raises(TriggerError) as raised:
+    with pytest.raises(DagsterUnavailable) as raised:
         webserver.runs_in_progress("c")
 
     assert "hunter2" not in str(raised.value) + webserver.run_url("r")
     assert "ops:***@127.0.0.1" in str(raised.value)
+    # The command line's `status` links runs it reads from the instance the same way.
+    assert run_page(url + "/", "r") == webserver.run_url("r") == f"{webserver.shown_url}/runs/r"

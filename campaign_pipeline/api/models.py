@@ -1,8 +1,8 @@
 """The HTTP API's request and response bodies, which its OpenAPI document describes.
 
 The response models mirror the CLI's `--json` documents (`status`, `preview`) field for field;
-`sqs-status` answers with `campaign_pipeline.sqs_status.SqsStatus` itself. The application checks
-every answer against them, so the document cannot drift from what is sent.
+`sqs-status` answers with `services.sqs_health.SqsStatus` itself. The application checks every
+answer against them, so the document cannot drift from what is sent.
 """
 
 from typing import Any

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from campaign_pipeline.errors import TokenError
+
 Scope = Literal["operator", "read"]
 
 SOURCES: tuple[tuple[str, str, Scope], ...] = (
@@ -32,10 +34,6 @@ MIN_TOKEN_LENGTH = 16
 # What may follow `Bearer ` in a header (RFC 6750's b64token), so a token always fits one.
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 DIGEST_PATTERN = re.compile(r"sha256:([0-9a-fA-F]{64})")
-
-
-class TokenError(Exception):
-    """The token configuration is unusable; one line naming the variable or file and line."""
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
 """The `campaign-pipeline` command: set up, process, control and inspect campaigns; the demo.
 
 Output is this module's product, so it writes to stdout and stderr itself. Problems a person can
-fix (a bad id, an unreachable database or queue, missing settings) are one line on stderr and exit
-status 2; a failed run is one line and status 1; anything unexpected is one line and status 1,
-with the traceback only under `--debug`. `sqs-status` prints its report either way and exits 1
-when the queue does not answer, 2 when SQS is not configured.
+fix (a bad id, an unreachable database or queue, missing settings: a `CliError` or any error of
+`campaign_pipeline.errors`) are one line on stderr and exit status 2; a failed run is one line
+and status 1; anything unexpected is one line and status 1, with the traceback only under
+`--debug`. `sqs-status` prints its report either way and exits 1 when the queue does not
+answer, 2 when SQS is not configured.
 """
 
 import argparse
@@ -15,8 +16,7 @@ import dagster as dg
 
 from campaign_pipeline.cli import api, control, demo, inspection, processing
 from campaign_pipeline.cli.common import PROG, CliError, ParentParsers, err
-from campaign_pipeline.demo import DemoError
-from campaign_pipeline.errors import SettingsError
+from campaign_pipeline.errors import CampaignPipelineError
 from campaign_pipeline.text import one_line
 
 
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     try:
         return args.handler(args)
-    except (CliError, DemoError, SettingsError) as error:
+    except (CliError, CampaignPipelineError) as error:
         err(f"{PROG}: error: {error}")
         return 2
     except KeyboardInterrupt:

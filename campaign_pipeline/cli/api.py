@@ -32,18 +32,14 @@ def cmd_serve_api(args: argparse.Namespace) -> int:
     import uvicorn
 
     from campaign_pipeline.api.app import ApiSettings, create_app
-    from campaign_pipeline.api.tokens import TokenError, tokens_from_environment
-    from campaign_pipeline.trigger import (
+    from campaign_pipeline.api.tokens import tokens_from_environment
+    from campaign_pipeline.services.dagster_client import (
         DAGSTER_URL_VARIABLE,
         DEFAULT_DAGSTER_URL,
         DagsterWebserver,
-        TriggerError,
     )
 
-    try:
-        tokens = tokens_from_environment()
-    except TokenError as error:
-        raise CliError(str(error)) from None
+    tokens = tokens_from_environment()
     database_url = default_database_url()
     database_file = sqlite_file(database_url)
     if database_file is not None and not database_file.exists():
@@ -54,10 +50,7 @@ def cmd_serve_api(args: argparse.Namespace) -> int:
     dagster_url = (
         args.dagster_url or os.environ.get(DAGSTER_URL_VARIABLE) or DEFAULT_DAGSTER_URL
     ).strip()
-    try:
-        shown_dagster = DagsterWebserver(dagster_url).shown_url
-    except TriggerError as error:
-        raise CliError(str(error)) from None
+    shown_dagster = DagsterWebserver(dagster_url).shown_url
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.WARNING,

@@ -10,22 +10,6 @@ from typing import Any, TypeVar
 import dagster as dg
 import sqlalchemy as sa
 
-from campaign_pipeline.audience_preview import (
-    DEFAULT_SAMPLE_SIZE,
-    PreviewError,
-    PreviewReport,
-    QueueLimit,
-    build_preview,
-    format_preview,
-    load_campaign,
-    queue_limit_from_environment,
-)
-from campaign_pipeline.campaign_status import (
-    RunSummary,
-    campaign_report,
-    campaign_runs,
-    format_report,
-)
 from campaign_pipeline.cli.common import (
     PROG,
     QUEUE_URL_VARIABLE,
@@ -43,7 +27,13 @@ from campaign_pipeline.cli.common import (
     whole_number,
 )
 from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.sqs_status import sqs_status_from_environment
+from campaign_pipeline.services.preview import (
+    DEFAULT_SAMPLE_SIZE,
+    format_preview,
+    preview_report,
+)
+from campaign_pipeline.services.sqs_health import sqs_status_from_environment
+from campaign_pipeline.services.status import RunSummary, campaign_report, format_report
 from campaign_pipeline.store.engine import default_database_url
 
 T = TypeVar("T")
@@ -125,7 +115,11 @@ def cmd_sqs_status(args: argparse.Namespace) -> int:
 
 def _runs(campaign_id: str) -> list[RunSummary]:
     """The campaign's runs in the Dagster instance at $DAGSTER_HOME (`process` uses ./.dagster)."""
-    from campaign_pipeline.trigger import DAGSTER_URL_VARIABLE, DEFAULT_DAGSTER_URL
+    from campaign_pipeline.services.dagster_client import (
+        DAGSTER_URL_VARIABLE,
+        DEFAULT_DAGSTER_URL,
+        campaign_runs_in_instance,
+    )
 
     home = os.environ.get("DAGSTER_HOME", "").strip() or ".dagster"
     if not Path(home).is_dir():
@@ -133,7 +127,7 @@ def _runs(campaign_id: str) -> list[RunSummary]:
     os.environ["DAGSTER_HOME"] = str(Path(home).resolve())
     url = os.environ.get(DAGSTER_URL_VARIABLE) or DEFAULT_DAGSTER_URL
     with dg.DagsterInstance.get() as instance:
-        return campaign_runs(instance, campaign_id, url)
+        return campaign_runs_in_instance(instance, campaign_id, url)
 
 
 def _read_campaign(campaign_id: str, read: Callable[[CampaignStore], T]) -> T:
@@ -158,8 +152,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     report = _read_campaign(
         campaign_id, lambda store: campaign_report(store, campaign_id, _runs(campaign_id))
     )
-    if report is None:
-        raise CliError(f"campaign {campaign_id} does not exist")
     if args.json:
         out(pretty(report))
     else:
@@ -171,16 +163,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_preview(args: argparse.Namespace) -> int:
     """Print what a run would make of the campaign's pending recipients; change and send nothing."""
     campaign_id = parse_campaign_id(args.campaign_id)
-
-    def preview(store: CampaignStore) -> tuple[QueueLimit, PreviewReport]:
-        campaign = load_campaign(store, campaign_id)
-        limit = queue_limit_from_environment()
-        return limit, build_preview(store, campaign, limit, args.limit)
-
-    try:
-        queue_limit, report = _read_campaign(campaign_id, preview)
-    except PreviewError as error:
-        raise CliError(str(error)) from None
+    queue_limit, report = _read_campaign(
+        campaign_id, lambda store: preview_report(store, campaign_id, args.limit)
+    )
     if args.json:
         out(pretty(report.as_dict()))
         return 0

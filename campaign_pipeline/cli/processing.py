@@ -30,6 +30,8 @@ from campaign_pipeline.cli.common import (
     with_console_log_level,
 )
 from campaign_pipeline.defs.tags import JOB_NAME, STOPPED_TAG
+from campaign_pipeline.errors import CampaignScheduled, CampaignStopped
+from campaign_pipeline.lifecycle import refusal
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.sending.stats import merge_stats
 from campaign_pipeline.store.engine import DATABASE_URL_VARIABLE, default_database_url
@@ -76,10 +78,11 @@ def cmd_process(args: argparse.Namespace) -> int:
         campaign = store.campaigns.get(campaign_id)
         if campaign is None:
             raise CliError(f"campaign {campaign_id} does not exist in {shown}")
-        from campaign_pipeline.trigger import operator_refusal
-
-        if refusal := operator_refusal(campaign, send_now=args.now):
-            raise CliError(refusal)
+        refused = refusal(campaign, send_now=args.now)
+        # An operator's decision (paused, cancelled, later) is said here; any other refusal
+        # is the claim's, which fails the run with it.
+        if isinstance(refused, CampaignStopped | CampaignScheduled):
+            raise CliError(str(refused))
     except sa.exc.SQLAlchemyError as error:
         raise CliError(f"cannot read campaigns from {shown}: {database_reason(error)}") from None
     finally:
@@ -164,37 +167,33 @@ def _report_run(
 
 def cmd_trigger(args: argparse.Namespace) -> int:
     """Launch process_campaign_messages for one campaign through the webserver's GraphQL API."""
-    from campaign_pipeline import trigger  # dagster-graphql is only needed here
+    # dagster-graphql is only needed here
+    from campaign_pipeline.services import dagster_client, trigger
 
+    campaign_id = trigger.campaign_id_or_error(args.campaign_id)
+    url = (
+        args.dagster_url
+        or os.environ.get(dagster_client.DAGSTER_URL_VARIABLE)
+        or dagster_client.DEFAULT_DAGSTER_URL
+    )
+    webserver = dagster_client.DagsterWebserver(url, dict(args.header))
+    database_url = default_database_url()
+    store = open_store(database_url)
     try:
-        campaign_id = trigger.campaign_id_or_error(args.campaign_id)
-        url = (
-            args.dagster_url
-            or os.environ.get(trigger.DAGSTER_URL_VARIABLE)
-            or trigger.DEFAULT_DAGSTER_URL
+        return trigger.trigger(
+            store,
+            webserver,
+            campaign_id,
+            wait=args.wait,
+            send_now=args.now,
+            out=out,
+            err=_err_prefixed,
         )
-        webserver = trigger.DagsterWebserver(url, dict(args.header))
-        database_url = default_database_url()
-        store = open_store(database_url)
-        try:
-            return trigger.trigger(
-                store,
-                webserver,
-                campaign_id,
-                wait=args.wait,
-                send_now=args.now,
-                out=out,
-                err=_err_prefixed,
-            )
-        except sa.exc.SQLAlchemyError as error:
-            shown = display_database_url(database_url)
-            raise CliError(
-                f"cannot read campaigns from {shown}: {database_reason(error)}"
-            ) from None
-        finally:
-            store.engine.dispose()
-    except trigger.TriggerError as error:
-        raise CliError(str(error)) from None
+    except sa.exc.SQLAlchemyError as error:
+        shown = display_database_url(database_url)
+        raise CliError(f"cannot read campaigns from {shown}: {database_reason(error)}") from None
+    finally:
+        store.engine.dispose()
 
 
 def _err_prefixed(text: str) -> None:
@@ -202,7 +201,7 @@ def _err_prefixed(text: str) -> None:
 
 
 def _header(text: str) -> tuple[str, str]:
-    from campaign_pipeline.trigger import parse_header
+    from campaign_pipeline.services.dagster_client import parse_header
 
     try:
         return parse_header(text)

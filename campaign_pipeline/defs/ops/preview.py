@@ -12,16 +12,16 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from campaign_pipeline.audience_preview import (
+from campaign_pipeline.defs.ops.failures import as_dagster_failures
+from campaign_pipeline.privacy import mask_phone_numbers
+from campaign_pipeline.resources.campaign_store import CampaignStore
+from campaign_pipeline.services.preview import (
     DEFAULT_SAMPLE_SIZE,
-    PreviewError,
     PreviewReport,
     build_preview,
     load_campaign,
     queue_limit_from_environment,
 )
-from campaign_pipeline.privacy import mask_phone_numbers
-from campaign_pipeline.resources.campaign_store import CampaignStore
 
 
 class PreviewConfig(dg.Config):
@@ -83,12 +83,10 @@ def preview_campaign_payloads(
     context: dg.OpExecutionContext, config: PreviewConfig, campaign_store: CampaignStore
 ) -> dg.Output[dict[str, Any]]:
     """Build every pending recipient's payload as a run would; send nothing."""
-    try:
+    with as_dagster_failures():
         campaign = load_campaign(campaign_store, config.campaign_id)
         queue_limit = queue_limit_from_environment()
         report = build_preview(campaign_store, campaign, queue_limit, config.limit)
-    except PreviewError as error:
-        raise dg.Failure(description=str(error), allow_retries=False) from None
     if queue_limit.assumed:
         context.log.info(
             f"SQS is not configured (set {' and '.join(queue_limit.missing)}): assuming a "

@@ -5,7 +5,7 @@ from typing import Any
 import dagster as dg
 
 from campaign_pipeline.resources.sqs_queue import SqsQueue
-from campaign_pipeline.sqs_status import SqsStatus, probe_sqs_status
+from campaign_pipeline.services.sqs_health import SqsStatus, probe_sqs_status
 
 # The queue as an external asset: its observations chart the depth over time in the UI.
 SQS_QUEUE_ASSET = dg.AssetKey("sqs_queue")

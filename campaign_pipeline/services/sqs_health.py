@@ -1,7 +1,9 @@
 """Whether SQS is configured and answers, and what the queue holds (the spec's sqs-status).
 
 One GetQueueAttributes call with a client that gives up within seconds; any error becomes a
-one-line reason. Credentials are never read here: boto3 finds them itself.
+one-line reason. Credentials are never read here: boto3 finds them itself. `SqsStatus.as_dict()`
+is the one document: `sqs-status --json` prints it, `GET /api/campaigns/sqs-status` answers
+with it, the `check_sqs_status` job records it.
 """
 
 import json

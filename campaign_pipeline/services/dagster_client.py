@@ -1,13 +1,15 @@
-"""Start `process_campaign_messages` for one campaign through the Dagster webserver's GraphQL API.
+"""The Dagster webserver's GraphQL API, as the trigger and the HTTP API use it.
 
-This is the spec's `POST /api/campaigns/:campaignId/process-messages`: the campaign is checked in
-the campaign store, Dagster is asked whether a run for it is already in progress, and the run is
-launched with the run config and tags the sensor gives it, so the instance's run queue (one run
-per `campaign_id` tag) and the campaign's lease treat it like any other run.
+`DagsterWebserver` launches `process_campaign_messages`, lists a campaign's runs by its
+`campaign_id` tag, follows a run to its end and says why it failed, with optional headers for a
+proxy in front of the webserver. Every problem is one line: `DagsterUnavailable` when the
+webserver does not answer (or refuses to), `DagsterError` when it answers with an error.
+`campaign_runs_in_instance` lists the same runs from a Dagster instance at hand (the command
+line's `status`); both link a run to the UI with `run_page`.
 """
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -23,13 +25,10 @@ from gql.transport.exceptions import (
 )
 from gql.transport.requests import RequestsHTTPTransport
 
-from campaign_pipeline.campaign_status import RUNS_SHOWN, RunSummary, utc_from_timestamp
-from campaign_pipeline.clock import as_utc
-from campaign_pipeline.defs.jobs import campaign_run_config
-from campaign_pipeline.defs.tags import CAMPAIGN_ID_TAG, JOB_NAME, campaign_tags
-from campaign_pipeline.resources.campaign_store import CampaignStore
-from campaign_pipeline.settings import campaign_send_processes
-from campaign_pipeline.text import canonical_campaign_id, one_line
+from campaign_pipeline.defs.tags import CAMPAIGN_ID_TAG, JOB_NAME
+from campaign_pipeline.errors import DagsterError, DagsterUnavailable, SettingsError
+from campaign_pipeline.services.status import RunSummary
+from campaign_pipeline.text import one_line
 
 DAGSTER_URL_VARIABLE = "DAGSTER_URL"
 DEFAULT_DAGSTER_URL = "http://127.0.0.1:3000"
@@ -39,6 +38,8 @@ FINISHED_STATUSES = frozenset(
     {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
 )
 REQUEST_TIMEOUT_SECONDS = 30
+# Runs of a campaign listed, newest first.
+RUNS_SHOWN = 10
 
 RUNS_IN_PROGRESS_QUERY = """
 query CampaignRunsInProgress($filter: RunsFilter!) {
@@ -84,33 +85,6 @@ query RunFailure($runId: ID!) {
 """
 
 
-class TriggerError(Exception):
-    """The campaign cannot be triggered, or the webserver cannot be used; one line for a person."""
-
-
-class CampaignNotFound(TriggerError):
-    """No campaign has that id."""
-
-
-class CampaignNotProcessable(TriggerError):
-    """The campaign's status, schedule or a run in progress keeps it from being processed now."""
-
-
-class DagsterUnavailable(TriggerError):
-    """The Dagster webserver did not answer, or answered without the code location's job."""
-
-
-@dataclass(frozen=True)
-class TriggerableCampaign:
-    """A campaign the pipeline may process now, as the store has it."""
-
-    id: str
-    organization_id: str | None
-    status: str
-    pending: int
-    name: str = ""
-
-
 @dataclass(frozen=True)
 class RunOutcome:
     """How a followed run ended, and why when it did not succeed."""
@@ -129,67 +103,43 @@ def parse_header(text: str) -> tuple[str, str]:
     return name, value
 
 
-def campaign_id_or_error(raw: str) -> str:
-    """The campaign id in canonical UUID form; raises `TriggerError` if it is not a UUID."""
+def shown_url(url: str) -> str:
+    """The Dagster URL as messages and links show it: a password in it (basic auth) as ***."""
+    url = url.strip().rstrip("/")
     try:
-        return canonical_campaign_id(raw)
-    except ValueError as error:
-        raise TriggerError(str(error)) from None
+        password = urlsplit(url).password
+    except ValueError:  # not a URL at all; nothing to hide in it
+        return url
+    return url.replace(f":{password}@", ":***@", 1) if password else url
 
 
-def operator_refusal(campaign: Mapping[str, Any], send_now: bool = False) -> str | None:
-    """Why an operator's decision keeps the campaign (a store row) from being processed now.
-
-    Paused, cancelled, or scheduled for later (unless `send_now`); None when nothing does.
-    """
-    campaign_id, status = campaign["id"], campaign["status"]
-    if status == "paused":
-        return (
-            f"campaign {campaign_id} is paused; `campaign-pipeline resume {campaign_id}` "
-            "continues it"
-        )
-    if status == "cancelled":
-        return f"campaign {campaign_id} is cancelled; it is never processed again"
-    send_at = as_utc(campaign["send_at"])
-    if status == "asset_generated" and send_at and send_at > datetime.now(UTC) and not send_now:
-        return (
-            f"campaign {campaign_id} is scheduled for {send_at:%Y-%m-%d %H:%M:%S} UTC; "
-            "the sensor starts it then (--now starts it now)"
-        )
-    return None
+def run_page(dagster_url: str, run_id: str) -> str:
+    """The run's page in the Dagster UI at `dagster_url`."""
+    return f"{shown_url(dagster_url)}/runs/{run_id}"
 
 
-def check_processable(
-    store: CampaignStore, campaign_id: str, send_now: bool = False
-) -> TriggerableCampaign:
-    """The campaign, if `CampaignStore.claim` would take it; else `TriggerError`.
+def utc_from_timestamp(timestamp: float | None) -> datetime | None:
+    """A run's start or end time (seconds since the epoch, or None) as a UTC datetime."""
+    return datetime.fromtimestamp(timestamp, UTC) if timestamp else None
 
-    `asset_generated` is claimed (once its `send_at` has come, or with `send_now`);
-    `ready_to_launch` is resumed, which is only worth a run while recipients are still
-    pending; `paused` and `cancelled` campaigns are refused. Whether another run holds the
-    campaign is asked of Dagster (`DagsterWebserver.runs_in_progress`); the claim itself
-    still checks the lease.
-    """
-    campaign = store.campaigns.get(campaign_id)
-    if campaign is None:
-        raise CampaignNotFound(f"campaign {campaign_id} does not exist")
-    status = campaign["status"]
-    if refusal := operator_refusal(campaign, send_now):
-        raise CampaignNotProcessable(refusal)
-    if status not in ("asset_generated", "ready_to_launch"):
-        raise CampaignNotProcessable(
-            f"campaign {campaign_id} is {status!r}; only 'asset_generated' campaigns (or "
-            "'ready_to_launch' ones with pending recipients, which are resumed) can be processed"
-        )
-    pending = store.audience.counts(campaign_id)["pending"]
-    if status == "ready_to_launch" and not pending:
-        raise CampaignNotProcessable(
-            f"campaign {campaign_id} is 'ready_to_launch' with no pending recipients; "
-            "there is nothing left to send"
-        )
-    return TriggerableCampaign(
-        campaign_id, campaign["organization_id"], status, pending, campaign["name"]
+
+def campaign_runs_in_instance(
+    instance: dg.DagsterInstance, campaign_id: str, dagster_url: str
+) -> list[RunSummary]:
+    """The campaign's latest runs (by its `campaign_id` tag) in `instance`, newest first."""
+    records = instance.get_run_records(
+        dg.RunsFilter(tags={CAMPAIGN_ID_TAG: campaign_id}), limit=RUNS_SHOWN
     )
+    return [
+        RunSummary(
+            run_id=record.dagster_run.run_id,
+            status=record.dagster_run.status.value,
+            start_time=utc_from_timestamp(record.start_time),
+            end_time=utc_from_timestamp(record.end_time),
+            url=run_page(dagster_url, record.dagster_run.run_id),
+        )
+        for record in records
+    ]
 
 
 def _failure_reason(events: Iterable[Mapping[str, Any]]) -> str | None:
@@ -222,12 +172,9 @@ class DagsterWebserver:
         self.url = url.strip().rstrip("/")
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise TriggerError(f"the Dagster URL {url!r} is not an http(s) URL")
+            raise SettingsError(f"the Dagster URL {url!r} is not an http(s) URL")
         self.graphql_url = f"{self.url}/graphql"
-        # Shown in messages and links: a password in the URL (basic auth) becomes ***.
-        self.shown_url = (
-            self.url.replace(f":{parts.password}@", ":***@", 1) if parts.password else self.url
-        )
+        self.shown_url = shown_url(self.url)
         self._headers = dict(headers or {})
         self._timeout = timeout
         transport = RequestsHTTPTransport(
@@ -242,13 +189,13 @@ class DagsterWebserver:
 
     def run_url(self, run_id: str) -> str:
         """The run's page in the Dagster UI."""
-        return f"{self.shown_url}/runs/{run_id}"
+        return run_page(self.url, run_id)
 
-    def _unusable(self, error: BaseException) -> TriggerError:
+    def _unusable(self, error: BaseException) -> DagsterError:
         """A one-line error for a transport failure, found anywhere in `error`'s chain.
 
         `DagsterUnavailable` when the webserver did not answer or refused to; a plain
-        `TriggerError` when it answered with an error of its own.
+        `DagsterError` when it answered with an error of its own.
         """
         chain: list[BaseException] = []
         seen: BaseException | None = error
@@ -279,7 +226,7 @@ class DagsterWebserver:
                 )
             if isinstance(seen, TransportQueryError):
                 detail = seen.errors[0].get("message") if seen.errors else seen
-                return TriggerError(f"the Dagster webserver at {self.shown_url} answered: {detail}")
+                return DagsterError(f"the Dagster webserver at {self.shown_url} answered: {detail}")
         return DagsterUnavailable(
             f"the Dagster webserver at {self.shown_url} failed: {one_line(error)}"
         )
@@ -303,7 +250,7 @@ class DagsterWebserver:
         if not isinstance(body, dict) or body.get("errors") or "data" not in body:
             errors = body.get("errors") if isinstance(body, dict) else None
             detail = one_line(errors[0].get("message", errors[0])) if errors else "no data"
-            raise TriggerError(f"the Dagster webserver at {self.shown_url} answered: {detail}")
+            raise DagsterError(f"the Dagster webserver at {self.shown_url} answered: {detail}")
         return body["data"]
 
     def runs_in_progress(self, campaign_id: str) -> list[tuple[str, str]]:
@@ -318,7 +265,7 @@ class DagsterWebserver:
             },
         )["runsOrError"]
         if data["__typename"] != "Runs":
-            raise TriggerError(f"Dagster could not list runs: {one_line(data.get('message'))}")
+            raise DagsterError(f"Dagster could not list runs: {one_line(data.get('message'))}")
         return [(run["runId"], run["status"]) for run in data["results"]]
 
     def campaign_runs(self, campaign_id: str, limit: int = RUNS_SHOWN) -> list[RunSummary]:
@@ -328,7 +275,7 @@ class DagsterWebserver:
             {"filter": {"tags": [{"key": CAMPAIGN_ID_TAG, "value": campaign_id}]}, "limit": limit},
         )["runsOrError"]
         if data["__typename"] != "Runs":
-            raise TriggerError(f"Dagster could not list runs: {one_line(data.get('message'))}")
+            raise DagsterError(f"Dagster could not list runs: {one_line(data.get('message'))}")
         return [
             RunSummary(
                 run_id=run["runId"],
@@ -357,7 +304,7 @@ class DagsterWebserver:
                 detail = error.args[1]
                 if isinstance(detail, list):  # config validation errors
                     detail = "; ".join(str(item.get("message", item)) for item in detail)
-                raise TriggerError(f"Dagster refused the run: {kind}: {one_line(detail)}") from None
+                raise DagsterError(f"Dagster refused the run: {kind}: {one_line(detail)}") from None
             raise self._unusable(error) from None
 
     def run_status(self, run_id: str) -> dg.DagsterRunStatus:
@@ -366,7 +313,7 @@ class DagsterWebserver:
             return self.client.get_run_status(run_id)
         except DagsterGraphQLClientError as error:
             if error.args and error.args[0] in ("RunNotFoundError", "PipelineRunNotFoundError"):
-                raise TriggerError(f"Dagster has no run {run_id}") from None
+                raise DagsterError(f"Dagster has no run {run_id}") from None
             raise self._unusable(error) from None
 
     def failure_reason(self, run_id: str) -> str | None:
@@ -382,65 +329,3 @@ class DagsterWebserver:
             time.sleep(poll_seconds)
         reason = None if status == dg.DagsterRunStatus.SUCCESS else self.failure_reason(run_id)
         return RunOutcome(run_id, status, reason)
-
-
-def trigger_campaign(
-    store: CampaignStore, webserver: DagsterWebserver, campaign_id: str, send_now: bool = False
-) -> tuple[TriggerableCampaign, str]:
-    """Check the campaign and its runs, then launch a run for it; returns the campaign and run id.
-
-    Checking and launching are two requests, so two triggers at the same moment can both
-    launch; the run queue's limit of one run per `campaign_id` and the campaign's lease still
-    let only one of them send.
-    """
-    campaign = check_processable(store, campaign_id, send_now)
-    in_progress = webserver.runs_in_progress(campaign_id)
-    if in_progress:
-        run_id, status = in_progress[0]
-        raise CampaignNotProcessable(
-            f"campaign {campaign_id} already has a run in progress: {run_id} ({status}), "
-            f"{webserver.run_url(run_id)}"
-        )
-    config_fields: dict[str, Any] = {"send_now": True} if send_now else {}
-    # Dagster's GraphQL adds partitions only for assets; the run's claim files the run under
-    # the campaign's partition instead.
-    run_id = webserver.launch(
-        campaign_run_config(campaign_id, campaign_send_processes(), **config_fields),
-        campaign_tags(campaign_id, campaign.organization_id, campaign.name),
-    )
-    return campaign, run_id
-
-
-def trigger(
-    store: CampaignStore,
-    webserver: DagsterWebserver,
-    raw_campaign_id: str,
-    *,
-    wait: bool,
-    send_now: bool = False,
-    out: Callable[[str], None],
-    err: Callable[[str], None],
-    poll_seconds: float = 1.0,
-) -> int:
-    """The `trigger` command: launch, print the run and its link, optionally follow it.
-
-    Returns the exit status: 0 when launched (or, with `wait`, succeeded), 1 when the followed
-    run failed or was canceled. Problems a person can fix raise `TriggerError`.
-    """
-    campaign_id = campaign_id_or_error(raw_campaign_id)
-    campaign, run_id = trigger_campaign(store, webserver, campaign_id, send_now)
-    action = "resume" if campaign.status == "ready_to_launch" else "process"
-    out(f"launched run {run_id} to {action} campaign {campaign_id}: {webserver.run_url(run_id)}")
-    if not wait:
-        return 0
-    outcome = webserver.wait(run_id, poll_seconds)
-    if outcome.status != dg.DagsterRunStatus.SUCCESS:
-        verb = "was canceled" if outcome.status == dg.DagsterRunStatus.CANCELED else "failed"
-        err(f"run {run_id} {verb}: {outcome.reason or 'see ' + webserver.run_url(run_id)}")
-        return 1
-    counts = store.audience.counts(campaign_id)
-    out(
-        f"run {run_id} succeeded; the campaign {campaign_id}: {counts['ready_to_send']} queued, "
-        f"{counts['failed']} failed, {counts['pending']} pending"
-    )
-    return 0

@@ -1,22 +1,19 @@
 """One campaign as an operator sees it: status, schedule, counts, progress, last error, runs.
 
-Built from the campaign store and the Dagster instance's runs of the campaign; printed by
-`campaign-pipeline status` as a table or as one JSON document (`--json`).
+`campaign_report` builds the one document: `campaign-pipeline status --json` prints it (and
+`status` as a table, `format_report`), `GET /api/campaigns/{id}` answers with it. The runs come
+from `dagster_client`: the Dagster instance's records on the command line, the webserver's
+GraphQL API in the HTTP API, as the same `RunSummary` linked to the UI the same way.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-import dagster as dg
-
 from campaign_pipeline.clock import as_utc
-from campaign_pipeline.defs.tags import CAMPAIGN_ID_TAG
+from campaign_pipeline.errors import CampaignNotFound
 from campaign_pipeline.resources.campaign_store import CampaignStore
-
-# Runs of a campaign listed, newest first.
-RUNS_SHOWN = 10
 
 
 @dataclass(frozen=True)
@@ -33,30 +30,6 @@ class RunSummary:
     def sending(self) -> bool:
         """Started and not finished: the run whose progress is shown."""
         return self.status in ("STARTED", "CANCELING")
-
-
-def utc_from_timestamp(timestamp: float | None) -> datetime | None:
-    """A run's start or end time (seconds since the epoch, or None) as a UTC datetime."""
-    return datetime.fromtimestamp(timestamp, UTC) if timestamp else None
-
-
-def campaign_runs(
-    instance: dg.DagsterInstance, campaign_id: str, dagster_url: str
-) -> list[RunSummary]:
-    """The campaign's latest runs (by its `campaign_id` tag), newest first."""
-    records = instance.get_run_records(
-        dg.RunsFilter(tags={CAMPAIGN_ID_TAG: campaign_id}), limit=RUNS_SHOWN
-    )
-    return [
-        RunSummary(
-            run_id=record.dagster_run.run_id,
-            status=record.dagster_run.status.value,
-            start_time=utc_from_timestamp(record.start_time),
-            end_time=utc_from_timestamp(record.end_time),
-            url=f"{dagster_url.rstrip('/')}/runs/{record.dagster_run.run_id}",
-        )
-        for record in records
-    ]
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -83,12 +56,21 @@ def _progress(
 
 
 def campaign_report(
-    store: CampaignStore, campaign_id: str, runs: Sequence[RunSummary]
-) -> dict[str, Any] | None:
-    """The `status --json` document, or None when the campaign does not exist."""
+    store: CampaignStore,
+    campaign_id: str,
+    runs: Sequence[RunSummary],
+    runs_error: str | None = None,
+) -> dict[str, Any]:
+    """The `status --json` document, which the HTTP API answers with too.
+
+    `runs_error` says why `runs` is empty when Dagster did not answer.
+
+    Raises:
+        CampaignNotFound: no campaign has that id.
+    """
     campaign = store.campaigns.get(campaign_id)
     if campaign is None:
-        return None
+        raise CampaignNotFound(f"campaign {campaign_id} does not exist")
     counts = store.audience.counts(campaign_id)
     return {
         "id": campaign_id,
@@ -117,6 +99,7 @@ def campaign_report(
             }
             for run in runs
         ],
+        "runs_error": runs_error,
     }
 
 

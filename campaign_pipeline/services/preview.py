@@ -5,10 +5,12 @@ pending recipients streamed with `CampaignStore.iter_pending_recipients` in the 
 and `build_payloads` with the queue's `MaximumMessageSize`. Nothing is written anywhere; SQS is
 asked only for that size, and when it is not configured 1 MiB (its default) is assumed.
 
-`build_preview` counts (memory bounded by one chunk and the sample) for `preview --json`, the
-`preview_campaign` job and the text report; `preview_frame` and `preview` give one row per
-recipient, as Polars and as pandas, for notebooks. This module is `campaign_pipeline.preview`'s
-home; it is not named `preview` so that importing it never hides that function.
+`build_preview` counts (memory bounded by one chunk and the sample) for the `preview_campaign`
+job and, through `preview_report`, for the `preview` command and the HTTP API's
+`GET /api/campaigns/{id}/preview`: `--json` and the API answer with one document,
+`PreviewReport.as_dict`. `preview_frame` and `preview` give one row per recipient, as Polars
+and as pandas, for notebooks. This module is `campaign_pipeline.preview`'s home; it lives in
+`services`, so importing it never hides that function.
 """
 
 import json
@@ -21,12 +23,18 @@ from typing import TYPE_CHECKING, Any
 import botocore.exceptions
 import polars as pl
 
-from campaign_pipeline.errors import CampaignDefinitionError
+from campaign_pipeline.errors import (
+    CampaignDefinitionError,
+    CampaignNotFound,
+    InvalidCampaignId,
+    PreviewError,
+)
+from campaign_pipeline.lifecycle import refusal
 from campaign_pipeline.payloads import CampaignMessage, build_payloads, check_campaign_message
 from campaign_pipeline.privacy import mask_phone_numbers, masked_phone_number
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
-from campaign_pipeline.sqs_status import (
+from campaign_pipeline.services.sqs_health import (
     CHECK_CONNECT_TIMEOUT_SECONDS,
     CHECK_MAX_ATTEMPTS,
     CHECK_READ_TIMEOUT_SECONDS,
@@ -47,10 +55,6 @@ DEFAULT_SAMPLE_SIZE = 5
 # A run's default `recipients_per_chunk` (CampaignConfig): the preview reads the same chunks.
 RECIPIENTS_PER_CHUNK = 50_000
 FRAME_COLUMNS = ("campaign_audience_id", "to", "payload", "failure_reason")
-
-
-class PreviewError(Exception):
-    """The campaign cannot be previewed, for a reason a person can act on (one line)."""
 
 
 @dataclass(frozen=True)
@@ -125,27 +129,30 @@ class PreviewCampaign:
 def load_campaign(store: CampaignStore, campaign_id: str) -> PreviewCampaign:
     """The campaign, if it exists, is not cancelled and its definition can be sent.
 
+    Any other status may be previewed (paused, draft, scheduled for later, finished): a
+    preview changes nothing. A cancelled campaign is refused as `lifecycle.refusal` says.
+
     Raises:
-        PreviewError: a malformed id, no such campaign, a cancelled one, or a campaign no
-            recipient of which could ever be sent (its definition's problem, in one line).
+        InvalidCampaignId: the id is not a UUID.
+        CampaignNotFound: no campaign has that id.
+        CampaignStopped: the campaign is cancelled; nothing ever sends it again.
+        CampaignDefinitionError: no recipient of it could ever be sent (its definition's
+            problem, in one line).
     """
     try:
         campaign_id = canonical_campaign_id(campaign_id)
     except ValueError as error:
-        raise PreviewError(str(error)) from None
+        raise InvalidCampaignId(str(error)) from None
     row = store.campaigns.get(campaign_id)
     if row is None:
-        raise PreviewError(f"campaign {campaign_id} does not exist")
-    if row["status"] == "cancelled":
-        raise PreviewError(
-            f"campaign {campaign_id} is 'cancelled'; a cancelled campaign is never sent, "
-            "so there is nothing to preview"
-        )
+        raise CampaignNotFound(f"campaign {campaign_id} does not exist")
+    if row["status"] == "cancelled" and (refused := refusal(row)) is not None:
+        raise refused
     try:
         message = campaign_message(row)
         check_campaign_message(message)
     except CampaignDefinitionError as error:
-        raise PreviewError(f"campaign {campaign_id} cannot be sent: {error}") from None
+        raise CampaignDefinitionError(f"campaign {campaign_id} cannot be sent: {error}") from None
     return PreviewCampaign(message=message, name=row["name"], status=row["status"])
 
 
@@ -185,7 +192,7 @@ class PreviewReport:
         return sorted(self.invalid_by_reason.items(), key=lambda item: (-item[1], item[0]))
 
     def as_dict(self) -> dict[str, Any]:
-        """The `preview --json` document; the sample as payload objects, phone numbers kept."""
+        """The `preview --json` document (the API's too); the sample as payload objects, as sent."""
         return {
             "campaign_id": self.campaign_id,
             "name": self.name,
@@ -232,6 +239,20 @@ def build_preview(
             valid = built.filter(pl.col("failure_reason").is_null())
             report.sample += valid["payload"].head(wanted).to_list()
     return report
+
+
+def preview_report(
+    store: CampaignStore, campaign_id: str, sample_size: int = DEFAULT_SAMPLE_SIZE
+) -> tuple[QueueLimit, PreviewReport]:
+    """The `preview` command's and `GET .../preview`'s report, and the queue limit it used.
+
+    Raises:
+        CampaignPipelineError: the campaign cannot be previewed (`load_campaign` says why), or
+            SQS is configured and unreadable (`PreviewError`).
+    """
+    campaign = load_campaign(store, campaign_id)
+    queue_limit = queue_limit_from_environment()
+    return queue_limit, build_preview(store, campaign, queue_limit, sample_size)
 
 
 def format_preview(report: PreviewReport) -> list[str]:
@@ -330,7 +351,8 @@ def preview(
         database_url: the campaign database; default CAMPAIGN_DATABASE_URL, as for runs.
 
     Raises:
-        PreviewError: the campaign cannot be previewed, or SQS is configured and unreadable.
+        CampaignPipelineError: the campaign cannot be previewed (`load_campaign` says why), or
+            SQS is configured and unreadable (`PreviewError`).
     """
     store = CampaignStore(database_url=database_url)
     try:
