@@ -34,6 +34,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import dagster as dg
+import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # A Celery worker loads this file by path, without the script's directory on its path.
@@ -45,6 +46,7 @@ from campaign_pipeline.defs.jobs import campaign_run_config, process_campaign_me
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
 from campaign_pipeline.sqs import BatchResult, SqsBatchQueue
+from campaign_pipeline.store.schema import campaigns
 
 REGION = "us-east-1"
 BIN = Path(sys.executable).parent
@@ -171,18 +173,27 @@ def celery_workers(count: int, home: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def first_outcome_clock(campaign_id: str) -> Iterator[dict[str, float]]:
-    """Seconds from entering to the campaign's first recorded outcome, polled every 20 ms."""
+    """Seconds from entering to the campaign's first recorded outcome, polled every 20 ms.
+
+    It polls the campaign's live counts (one row by key), which the outcome writes move in the
+    transaction that records them: counting the recipients by status every 20 ms instead cost
+    the run it measures CPU of its own and PostgreSQL a share of a core. The campaign must
+    start with no outcome (a seeded or reset one).
+    """
     store = CampaignStore()
     started = time.perf_counter()
     seen: dict[str, float] = {}
     done = threading.Event()
+    handled = sa.select(campaigns.c.queued_count + campaigns.c.failed_count).where(
+        campaigns.c.id == campaign_id
+    )
 
     def poll() -> None:
         while not done.is_set():
-            counts = store.audience.counts(campaign_id)
-            if counts["ready_to_send"] or counts["failed"]:
-                seen["first_message_s"] = time.perf_counter() - started
-                return
+            with store.engine.connect() as connection:
+                if connection.execute(handled).scalar():
+                    seen["first_message_s"] = time.perf_counter() - started
+                    return
             done.wait(0.02)
 
     thread = threading.Thread(target=poll, daemon=True)
@@ -241,11 +252,13 @@ def main() -> None:
         started = time.perf_counter()
         with watch_descendants() as descendants:
             for campaign_id in args.campaign_ids.split(","):
-                with first_outcome_clock(campaign_id) as clock:
+                # Only the first campaign's time is reported: no clock after it.
+                clock = contextlib.nullcontext({}) if first else first_outcome_clock(campaign_id)
+                with clock as seen:
                     counts = run_campaign(
                         campaign_id, args.sink, args.processes, args.recipients_per_shard
                     )
-                first = first or clock
+                first = first or seen
                 totals["queued"] += counts["ready_to_send"]
                 totals["failed"] += counts["failed"]
                 totals["recipients"] += (

@@ -43,9 +43,13 @@ def add_campaign(store: CampaignStore, valid: int, invalid: int) -> str:
     return campaign_id
 
 
-def run_job(store: CampaignStore, queue: SqsQueue, campaign_id: str) -> dg.ExecuteInProcessResult:
+def run_job(
+    store: CampaignStore, queue: SqsQueue, campaign_id: str, **config: Any
+) -> dg.ExecuteInProcessResult:
     return process_campaign_messages.execute_in_process(
-        run_config=dg.RunConfig(ops={"claim_campaign": CampaignConfig(campaign_id=campaign_id)}),
+        run_config=dg.RunConfig(
+            ops={"claim_campaign": CampaignConfig(campaign_id=campaign_id, **config)}
+        ),
         resources={"campaign_store": store, "sqs_queue": queue},
         raise_on_error=False,
     )
@@ -114,6 +118,31 @@ def test_preflight_holds_back_a_mostly_invalid_campaign_and_sends_nothing(
     assert run_job(store, queue, campaign_id).success
     assert store.audience.counts(campaign_id) == {"pending": 0, "ready_to_send": 10, "failed": 0}
     assert len(drain(sqs_client, queue.queue_url)) == 10
+
+
+@pytest.mark.parametrize(
+    ("recipients_per_shard", "counted_in"),
+    [(1_000, "send_campaign_messages[shard_0]"), (3, "claim_campaign")],
+    ids=["one shard: in the send step", "several shards: at the claim"],
+)
+def test_the_guard_holds_back_before_anything_is_sent_wherever_it_counts(
+    store: CampaignStore,
+    make_sqs_queue: Callable[..., SqsQueue],
+    sqs_client: Any,
+    recipients_per_shard: int,
+    counted_in: str,
+) -> None:
+    """Sent by one step, the campaign is counted there, from the payloads it would send, before
+    the first batch; sent by several, at the claim. Either way: held back, nothing queued."""
+    campaign_id = add_campaign(store, valid=2, invalid=8)
+    queue = make_sqs_queue(fifo=False)
+    result = run_job(store, queue, campaign_id, recipients_per_shard=recipients_per_shard)
+    (event,) = result.get_step_failure_events()
+    assert event.step_key == counted_in
+    assert failure(result).startswith(f"campaign {campaign_id} held back, nothing sent: 8 of 10")
+    assert store.campaigns.get(campaign_id)["status"] == "paused"
+    assert store.audience.counts(campaign_id) == {"pending": 10, "ready_to_send": 0, "failed": 0}
+    assert drain(sqs_client, queue.queue_url) == []
 
 
 def test_resume_accepting_invalid_sends_the_valid_ones(

@@ -2,7 +2,9 @@
 
 - `check_sendable`: the campaign's own definition, its rate cap and its audience (never empty);
   `failing_unsendable` fails a campaign that can never be sent.
-- `preflight`: before a campaign's first send, count its invalid recipients.
+- `preflight` and `exact_preflight`: before a campaign's first send, count its invalid
+  recipients (at the claim for a sample of a large campaign; in the send step itself, from
+  the very payloads it is about to send, for one counted exactly).
 - `hold_back_for_rejections`: SQS refusing more than CAMPAIGN_MAX_REJECTED entries for good
   in a send holds the campaign back (the send stops as for a pause, then this pauses it).
 
@@ -81,6 +83,15 @@ class PreflightCount:
             f"recipients ({self.fraction:.0%}) are invalid"
         )
         return f"{counted}: {reasons} (at most {max_invalid_fraction:.0%} may be)"
+
+
+def defers_to_the_send(pending: int, recipients_per_shard: int) -> bool:
+    """Whether the campaign is counted exactly, by the one send step that sends it all.
+
+    That step reads and builds every payload anyway: counting them there, before the first
+    batch, costs nothing more, where a count at the claim would read and build them twice.
+    """
+    return pending <= min(EXACT_UP_TO, recipients_per_shard)
 
 
 def _invalid_by_reason(built: pl.DataFrame) -> Counter[str]:
@@ -170,6 +181,25 @@ def preflight(
         lease.campaign_id, pending, EXACT_UP_TO, SAMPLE_SLICES
     )
     counted = count_invalid(message, chunks, SQS_MAX_MESSAGE_BYTES, pending if sampled else None)
+    _hold_back_on_verdict(lease, counted, max_invalid)
+    return counted
+
+
+def exact_preflight(lease: Lease, built: list[pl.DataFrame], max_invalid: float) -> PreflightCount:
+    """Count the invalid among every pending recipient's payload, built; hold back on too many.
+
+    Raises:
+        CampaignHeldBack: the campaign was paused with the verdict as its last error.
+    """
+    invalid: Counter[str] = Counter()
+    for chunk in built:
+        invalid += _invalid_by_reason(chunk)
+    counted = PreflightCount(sum(chunk.height for chunk in built), invalid)
+    _hold_back_on_verdict(lease, counted, max_invalid)
+    return counted
+
+
+def _hold_back_on_verdict(lease: Lease, counted: PreflightCount, max_invalid: float) -> None:
     verdict = counted.verdict(max_invalid)
     if verdict is not None:
         lease.hold_back(verdict, f"preflight guard: run {lease.run_id}")
@@ -177,7 +207,6 @@ def preflight(
             f"campaign {lease.campaign_id} held back, nothing sent: {verdict}. Fix the "
             "recipients and resume it, or `resume --accept-invalid` to send the valid ones"
         )
-    return counted
 
 
 def top_codes(stats: SendStats) -> str:

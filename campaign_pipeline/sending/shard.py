@@ -18,7 +18,11 @@ import polars as pl
 from campaign_pipeline.batching import batch_slices
 from campaign_pipeline.errors import IncompleteAnswer, SendInterrupted
 from campaign_pipeline.payloads import CampaignMessage, build_payloads
-from campaign_pipeline.sending.guards import hold_back_for_rejections
+from campaign_pipeline.sending.guards import (
+    PreflightCount,
+    exact_preflight,
+    hold_back_for_rejections,
+)
 from campaign_pipeline.sending.lease import Lease, LeaseWatch
 from campaign_pipeline.sending.outcomes import OutcomeRecorder, OutcomeWriter
 from campaign_pipeline.sending.pacing import Pacer
@@ -81,8 +85,11 @@ class ShardSend:
     """One send step's work: the pending recipients of `id_range` (all of them when None).
 
     `max_messages_per_second` paces batches as they are handed out; `max_rejected` bounds the
-    entries SQS may refuse for good before the campaign is held back; `on_chunk` hears the
-    running counts after each chunk, `on_warning` what went wrong on the way out.
+    entries SQS may refuse for good before the campaign is held back; `preflight_max_invalid`
+    (a campaign counted exactly, see `guards.defers_to_the_send`) builds every payload first
+    and holds the campaign back, nothing sent, when too many are invalid. `on_chunk` hears the
+    running counts after each chunk, `on_preflight` the count, `on_warning` what went wrong on
+    the way out.
     """
 
     message: CampaignMessage
@@ -94,7 +101,9 @@ class ShardSend:
     outcomes_per_write: int = 1_000
     max_messages_per_second: float | None = None
     max_rejected: int | None = None
+    preflight_max_invalid: float | None = None
     on_chunk: Callable[[SendStats], None] = lambda stats: None
+    on_preflight: Callable[[PreflightCount], None] = lambda counted: None
     on_warning: Callable[[str], None] = lambda line: None
 
     def run(
@@ -184,7 +193,14 @@ class ShardSend:
         campaign_id = self.message.campaign_id
         max_bytes = self.queue.max_message_bytes()
         chunks = self.audience.pending_chunks(campaign_id, self.recipients_per_chunk, self.id_range)
-        for built in _prefetched(build_payloads(self.message, c, max_bytes) for c in chunks):
+        all_built: Iterator[pl.DataFrame]
+        all_built = _prefetched(build_payloads(self.message, c, max_bytes) for c in chunks)
+        if self.preflight_max_invalid is not None:
+            # Every payload built before the first batch: the guard counts what is sent.
+            ready = list(all_built)
+            self.on_preflight(exact_preflight(self.lease, ready, self.preflight_max_invalid))
+            all_built = iter(ready)
+        for built in all_built:
             if stop.reason is not None:
                 break
             stats.recipients += built.height

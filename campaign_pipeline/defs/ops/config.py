@@ -54,6 +54,9 @@ class ClaimedCampaign:
     run_id: str = ""
     # The campaign's rate cap, all its send steps together (None: no cap), as the claim read it.
     max_messages_per_second: float | None = None
+    # The preflight guard's bound, for the send step that counts the campaign exactly (None:
+    # the claim counted a sample, or the guard is off, or the run resumes the campaign).
+    preflight_max_invalid: float | None = None
 
     @property
     def id(self) -> str:

@@ -78,6 +78,17 @@ def _campaign_id_of_run(context: dg.OpExecutionContext, config: CampaignConfig) 
     return campaign_id
 
 
+def _log_preflight(
+    context: dg.OpExecutionContext, campaign_id: str, counted: guards.PreflightCount | None
+) -> None:
+    if counted is not None:
+        sampled = "sampled " if counted.sampled_from else ""
+        context.log.info(
+            f"Preflight of campaign {campaign_id}: {counted.invalid} of {counted.recipients} "
+            f"{sampled}recipients invalid"
+        )
+
+
 @dg.op(out=dg.Out(ClaimedCampaign, is_required=False))
 def claim_campaign(
     context: dg.OpExecutionContext, config: CampaignConfig, campaign_store: CampaignStore
@@ -111,17 +122,14 @@ def claim_campaign(
             context.log.warning(took_over)
         file_run_under_campaign(context, campaign_id, claim.name)
         pending = claim.counts["pending"]
-        if not (claim.resumed or claim.invalid_accepted):
+        guarded = not (claim.resumed or claim.invalid_accepted) and max_invalid < 1
+        deferred = guarded and guards.defers_to_the_send(pending, config.recipients_per_shard)
+        if guarded and not deferred:
             lease = Lease(campaign_store.claims, campaign_id, context.run_id, config.lease_seconds)
             counted = guards.preflight(
                 campaign_store.audience, lease, claim.message, pending, max_invalid
             )
-            if counted is not None:
-                context.log.info(
-                    f"Preflight of campaign {campaign_id}: {counted.invalid} of "
-                    f"{counted.recipients} {'sampled ' if counted.sampled_from else ''}"
-                    "recipients invalid"
-                )
+            _log_preflight(context, campaign_id, counted)
     capped = f", at most {cap:g} messages/s" if cap is not None else ""
     context.log.info(
         f"{'Resumed' if claim.resumed else 'Claimed'} campaign {campaign_id} "
@@ -137,6 +145,7 @@ def claim_campaign(
             recipients_per_shard=config.recipients_per_shard,
             run_id=context.run_id,
             max_messages_per_second=cap,
+            preflight_max_invalid=max_invalid if deferred else None,
         ),
         metadata={
             "campaign_id": campaign_id,
@@ -196,6 +205,11 @@ def send_campaign_messages(
             outcomes_per_write=campaign.outcomes_per_write,
             max_messages_per_second=shard.max_messages_per_second,
             max_rejected=max_rejected,
+            # A re-execution resumes a send that began: the guard was for the first.
+            preflight_max_invalid=(
+                campaign.preflight_max_invalid if campaign.run_id == context.run_id else None
+            ),
+            on_preflight=lambda counted: _log_preflight(context, campaign.id, counted),
             on_chunk=lambda stats: context.log.info(
                 f"{stats.recipients} recipients so far: {stats.queued} queued, "
                 f"{stats.failed} failed"
