@@ -72,7 +72,6 @@ from campaign_pipeline.resources.sqs_queue import DEFAULT_MAX_CONCURRENT_BATCHES
 from campaign_pipeline.sending.lease import STATUS_POLL_SECONDS, Lease
 from campaign_pipeline.sending.shard import ShardSend
 from campaign_pipeline.sending.stats import SendStats
-from campaign_pipeline.sqs import SqsBatchQueue
 from campaign_pipeline.store.audience import Audience
 from campaign_pipeline.store.claims import Claims
 from campaign_pipeline.store.records import Claim, IdRange, Outcomes, WriteAck
@@ -115,20 +114,6 @@ class TimedClient:
                 self.calls.accepted_at.append(answered)
                 self.calls.message_ids += [item["MessageId"] for item in successful]
         return response
-
-
-def batch_queue(resource: SqsQueue, client: Any) -> SqsBatchQueue:
-    """The queue `resource.batch_queue()` makes, over `client` instead of the resource's own."""
-    return SqsBatchQueue(
-        client,
-        resource.queue_url,
-        message_group_id=resource.message_group_id,
-        fair_grouping=resource.fair_queue_grouping,
-        concurrency=resource.concurrency,
-        max_entry_retries=resource.max_entry_retries,
-        retry_base_seconds=resource.retry_base_seconds,
-        retry_cap_seconds=resource.retry_cap_seconds,
-    )
 
 
 # When `control` was called and returned (perf_counter seconds), and whether it paused.
@@ -343,7 +328,7 @@ def measure_once(
             claim.message,
             Lease(claims, campaign_id, run_id, lease_seconds),
             watched_audience,
-            batch_queue(resource, client),
+            resource.batch_queue(client),
             recipients_per_chunk=_config_default("recipients_per_chunk"),
             outcomes_per_write=_config_default("outcomes_per_write"),
         )

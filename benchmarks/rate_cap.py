@@ -54,7 +54,6 @@ from campaign_pipeline.resources.sqs_queue import DEFAULT_MAX_CONCURRENT_BATCHES
 from campaign_pipeline.sending.lease import Lease
 from campaign_pipeline.sending.pacing import BURST_SECONDS
 from campaign_pipeline.sending.shard import ShardSend
-from campaign_pipeline.sqs import SqsBatchQueue
 
 WINDOW_S = 10.0
 SKIP_FIRST_S = 1.0
@@ -94,20 +93,6 @@ class TimedClient:
                 self.accepted.counts.append(accepted)
                 self.accepted.sizes.append(len(arguments["Entries"]))
         return response
-
-
-def batch_queue(resource: SqsQueue, client: Any) -> SqsBatchQueue:
-    """The queue `resource.batch_queue()` makes, over `client` instead of the resource's own."""
-    return SqsBatchQueue(
-        client,
-        resource.queue_url,
-        message_group_id=resource.message_group_id,
-        fair_grouping=resource.fair_queue_grouping,
-        concurrency=resource.concurrency,
-        max_entry_retries=resource.max_entry_retries,
-        retry_base_seconds=resource.retry_base_seconds,
-        retry_cap_seconds=resource.retry_cap_seconds,
-    )
 
 
 def _config_default(name: str) -> Any:
@@ -197,7 +182,7 @@ def measure(
             claim.message,
             Lease(store.claims, campaign_id, run_id, lease_seconds),
             store.audience,
-            batch_queue(resource, client),
+            resource.batch_queue(client),
             recipients_per_chunk=_config_default("recipients_per_chunk"),
             outcomes_per_write=_config_default("outcomes_per_write"),
             max_messages_per_second=cap,

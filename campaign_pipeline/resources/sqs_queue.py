@@ -149,24 +149,30 @@ class SqsQueue(ResourceWithBoto3Configuration):
         """Whether the queue is a FIFO queue."""
         return is_fifo_queue(self.queue_url)
 
-    def batch_queue(self) -> SqsBatchQueue:
+    def batch_queue(self, client: Any = None) -> SqsBatchQueue:
         """The queue to send to, made once (it remembers the queue's MaximumMessageSize).
+
+        With `client` (a wrapper of `self.client` that times or slows calls, say), a new queue
+        of the same settings over it.
 
         Raises:
             SettingsError: SQS_MAX_CONCURRENT_BATCHES or SQS_FAIR_QUEUE_GROUP is unusable.
         """
-        if self._batch_queue is None:
-            self._batch_queue = SqsBatchQueue(
-                self.client,
-                self.queue_url,
-                message_group_id=self.message_group_id,
-                fair_grouping=self.fair_queue_grouping,
-                concurrency=self.concurrency,
-                max_entry_retries=self.max_entry_retries,
-                retry_base_seconds=self.retry_base_seconds,
-                retry_cap_seconds=self.retry_cap_seconds,
-            )
-        return self._batch_queue
+        if self._batch_queue is not None and client is None:
+            return self._batch_queue
+        queue = SqsBatchQueue(
+            client or self.client,
+            self.queue_url,
+            message_group_id=self.message_group_id,
+            fair_grouping=self.fair_queue_grouping,
+            concurrency=self.concurrency,
+            max_entry_retries=self.max_entry_retries,
+            retry_base_seconds=self.retry_base_seconds,
+            retry_cap_seconds=self.retry_cap_seconds,
+        )
+        if client is None:
+            self._batch_queue = queue
+        return queue
 
     @property
     def resolved_endpoint_url(self) -> str:
