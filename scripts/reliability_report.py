@@ -1,13 +1,14 @@
 """Run the fault scenarios and write `docs/reliability.md` from what they recorded.
 
-Each scenario of `tests/test_faults.py` (faults), `tests/test_stop.py` (pause, cancel and
-Terminate mid-send) and `tests/test_properties.py` (hypothesis's recipients through the job)
-appends one JSON line to $RELIABILITY_LOG once the campaign invariant has held
-(`tests/reliability_log.py`): what was injected, how often (the fault proxy's counters), what the
-runs did, and what was found in the queue and the tables. This script runs the tests with that
-variable set (and `tests/test_hostile_input.py`, whose corpus checks the same invariant on
-hostile recipients), then turns the lines into the report's table, so the report can be
-regenerated at any time:
+Each scenario of `tests/integration/test_faults.py` (faults), `test_stop.py` (pause, cancel and
+Terminate mid-send) and `test_properties.py` (hypothesis's recipients through the job) appends
+one JSON line to $RELIABILITY_LOG once the campaign invariant has held
+(`tests/support/reliability_log.py`): what was injected, how often (the fault proxy's counters),
+what the runs did, and what was found in the queue and the tables; each sweep for planted
+secrets (`test_secrets.py`) and API tokens (`tests/e2e/test_http_api.py`'s token test) appends
+one once nothing was found. This script runs the tests with that variable set (and
+`test_hostile_input.py`, whose corpus checks the same invariant on hostile recipients), then
+turns the lines into the report's tables, so the report can be regenerated at any time:
 
     .venv/bin/python scripts/reliability_report.py                   # run the tests, write it
     .venv/bin/python scripts/reliability_report.py --from-log F.jsonl  # from an earlier log
@@ -37,10 +38,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO / "docs" / "reliability.md"
 TEST_FILES = (
-    "tests/test_faults.py",
-    "tests/test_hostile_input.py",
-    "tests/test_properties.py",
-    "tests/test_stop.py",
+    "tests/integration/test_faults.py",
+    "tests/integration/test_hostile_input.py",
+    "tests/integration/test_properties.py",
+    "tests/integration/test_stop.py",
+    "tests/integration/test_secrets.py",
+    "tests/e2e/test_http_api.py::test_no_token_is_in_any_log_or_in_dagster",
 )
 LOG_VARIABLE = "RELIABILITY_LOG"
 
@@ -162,6 +165,25 @@ def table(rows: Sequence[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def exposure_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The secret and token sweeps as a markdown table, one row each."""
+    lines = [
+        "| # | scenario | planted | searched | texts searched | found |",
+        "|---:|---|---|---|---:|---:|",
+    ]
+    for number, row in enumerate(rows, 1):
+        values = (
+            number,
+            row["scenario"],
+            "; ".join(row["planted"]),
+            "; ".join(row["searched"]),
+            f"{row['texts']:,}",
+            row["found"],
+        )
+        lines.append("| " + " | ".join(cell(value) for value in values) + " |")
+    return lines
+
+
 def defaults() -> dict[str, Any]:
     """The settings the guarantees depend on, read from the code so the prose stays true."""
     sys.path.insert(0, str(REPO))
@@ -269,16 +291,19 @@ def write_report(
 ) -> None:
     """Write the markdown report."""
     settings = defaults()
+    faults = [row for row in rows if row.get("kind") != "exposure"]
+    sweeps = [row for row in rows if row.get("kind") == "exposure"]
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Reliability under injected faults",
         "",
-        "Each row is one scenario of `tests/test_faults.py` (faults injected while a campaign is "
-        "sent: SQS through a fault-injecting proxy in front of moto's server, PostgreSQL or "
-        "SQLite, Dagster runs in and out of process), `tests/test_stop.py` (pause, cancel and "
-        "Terminate mid-send) or `tests/test_properties.py` (hypothesis's recipients through "
+        "Each row is one scenario of `tests/integration/test_faults.py` (faults injected while "
+        "a campaign is sent: SQS through a fault-injecting proxy in front of moto's server, "
+        "PostgreSQL or SQLite, Dagster runs in and out of process), `test_stop.py` (pause, "
+        "cancel and Terminate mid-send) or `test_properties.py` (hypothesis's recipients through "
         "the job), then the campaign invariant checked "
-        "(`tests/invariant.py`): every recipient is `ready_to_send` with an `sqs_message_id` "
+        "(`tests/support/invariant.py`): every recipient is `ready_to_send` with an "
+        "`sqs_message_id` "
         "that is in the queue, or `failed` with a specific reason, or `pending` and sent by the "
         "next run; no recipient twice on a FIFO queue; on a standard queue duplicates only from "
         "a lost reply or the crash window, each with the recipient's `campaignAudienceId`. A "
@@ -309,7 +334,16 @@ def write_report(
         "*replies lost*: entries SQS stored whose answer never reached the client. *FIFO "
         "resends dropped*: entries SQS acknowledged as duplicates of an earlier send.",
         "",
-        *(table(rows) if rows else ["No scenario recorded anything."]),
+        *(table(faults) if faults else ["No scenario recorded anything."]),
+        "",
+        "## Secrets and tokens",
+        "",
+        "Distinctive values planted where an operator puts secrets (AWS keys, the database "
+        "password, the HTTP API's tokens), then searched for after runs that succeed, fail and "
+        "are refused: a row is written only when none was found. Phone numbers are searched "
+        "for the same way (only the messages may hold them).",
+        "",
+        *(exposure_table(sweeps) if sweeps else ["No sweep recorded anything."]),
         "",
         *rewrap(NOT_GUARANTEED.format(**settings)),
     ]

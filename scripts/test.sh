@@ -7,4 +7,6 @@ scripts/bootstrap.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-.venv/bin/pytest "$@"
+# Three workers (TEST_WORKERS) on two cores: the tests wait on servers, subprocesses and clocks
+# about as much as they compute.
+.venv/bin/pytest -n "${TEST_WORKERS:-3}" "$@"

@@ -1,4 +1,9 @@
-"""Shared fixtures: fake AWS credentials, moto's SQS server over HTTP, and campaign stores.
+"""Shared fixtures and the tiers: fake AWS credentials, moto's SQS server, campaign stores.
+
+Tests sit in one tier each, a directory with a marker of its name (`pytest -m unit`): `unit/`
+(no network, no database server, no subprocess), `integration/` (PostgreSQL, moto, the fault
+proxy, subprocesses) and `e2e/` (the daemon, the webserver, Celery, the API server). Helpers
+shared by tests (fault proxy, TCP relay, invariant, reliability log) are in `support/`.
 
 moto runs as its own process (`moto_server`) on a free loopback port, so boto3 talks to it over
 real HTTP. PostgreSQL tests use a throwaway database on the local server (127.0.0.1:5432, or
@@ -6,6 +11,7 @@ real HTTP. PostgreSQL tests use a throwaway database on the local server (127.0.
 """
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -29,9 +35,34 @@ from campaign_pipeline.sending.stop import StopSignal
 from campaign_pipeline.store.schema import metadata
 
 REGION = "us-east-1"
+TESTS = Path(__file__).parent
+TIERS = ("unit", "integration", "e2e")
 POSTGRES_ADMIN_URL = os.environ.get(
     "TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start from the signal dispositions of a foreground process, however pytest was launched.
+
+    A shell starts a background job (`cmd &`, as CI runners and `nohup` may) with SIGINT
+    ignored. Dagster's in-process execution then copies SIGINT's disposition onto SIGTERM, so
+    SIGTERM is ignored too, and every process started afterwards inherits that: the `tail -F`
+    processes of Dagster's compute-log capture can no longer be terminated (each run then waits
+    30 s for each and they outlive the suite), and SIGTERM no longer stops a child run.
+    """
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Mark each test with its tier, the directory it sits in; a test outside one is an error."""
+    tier = item.path.relative_to(TESTS).parts[0]
+    if tier not in TIERS:
+        raise pytest.UsageError(f"{item.nodeid} is in no tier: put it under tests/{TIERS}")
+    item.add_marker(tier)
 
 
 def send_shard(
@@ -139,12 +170,19 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         log.close()
 
 
+@pytest.fixture(scope="session")
+def sqs_endpoint(moto_endpoint: str) -> str:
+    """The SQS the tier's tests send to: moto's server, whose SQS semantics the unit and
+    integration tests check (the e2e tier sends to fauxqs instead, see its conftest)."""
+    return moto_endpoint
+
+
 @pytest.fixture
-def sqs_client(moto_endpoint: str) -> object:
+def sqs_client(sqs_endpoint: str) -> object:
     return boto3.client(
         "sqs",
         region_name=REGION,
-        endpoint_url=moto_endpoint,
+        endpoint_url=sqs_endpoint,
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )
@@ -164,14 +202,14 @@ def make_queue(sqs_client: object) -> Callable[..., str]:
 
 
 @pytest.fixture
-def make_sqs_queue(moto_endpoint: str, make_queue: Callable[..., str]) -> Callable[..., SqsQueue]:
+def make_sqs_queue(sqs_endpoint: str, make_queue: Callable[..., str]) -> Callable[..., SqsQueue]:
     """An `SqsQueue` resource on a new moto queue."""
 
     def make(fifo: bool = True, endpoint: str | None = None, **fields: object) -> SqsQueue:
         return SqsQueue(
             queue_url=make_queue(fifo),
             region_name=REGION,
-            endpoint_url=endpoint or moto_endpoint,
+            endpoint_url=endpoint or sqs_endpoint,
             **fields,
         )
 

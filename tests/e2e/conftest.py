@@ -3,7 +3,7 @@
 Each test gets a DAGSTER_HOME holding `deploy/dagster.yaml` (PostgreSQL storage, the queued run
 coordinator with one run per campaign, run monitoring and retries), its own throwaway PostgreSQL
 databases for Dagster and for the campaign store (on the server of the `postgres_url` fixture),
-and its own queue on moto's SQS server. The processes run from the repository root with
+and its own queue on fauxqs. The processes run from the repository root with
 `-w workspace.yaml`, in their own process group, logging to files under the test's tmp path;
 their logs are attached to the report of a failed test.
 
@@ -18,6 +18,7 @@ Building blocks for other scenarios (a crashed run, a restarted daemon):
   `sent_audience_ids`: helpers.
 """
 
+import fcntl
 import json
 import os
 import shutil
@@ -40,6 +41,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from benchmarks.sqs_endpoints import fauxqs_server, install_fauxqs
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from tests.conftest import POSTGRES_ADMIN_URL, drain, free_port
 
@@ -60,6 +62,29 @@ T = TypeVar("T")
 LOGS_KEY = pytest.StashKey[dict[str, Path]]()
 
 
+@pytest.fixture(scope="session")
+def sqs_endpoint() -> Iterator[str]:
+    """fauxqs on a loopback port: the end-to-end tests check Dagster, the daemon and the API
+    around the send, not SQS's semantics (moto's, in the integration tier), and moto's server
+    costs CPU in proportion to the messages a queue holds on every call. (fauxqs's FIFO queues
+    do not deduplicate; the FIFO scenario here goes through the fault proxy, which does.)"""
+    with _install_lock():
+        install_fauxqs()
+    with fauxqs_server() as endpoint:
+        yield endpoint
+
+
+@contextmanager
+def _install_lock() -> Iterator[None]:
+    """One installer at a time (pytest-xdist workers start together)."""
+    with open(ROOT / "benchmarks" / ".fauxqs-install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @contextmanager
 def throwaway_database(prefix: str) -> Iterator[str]:
     """A new, empty database on the test PostgreSQL server; dropped (connections and all) after."""
@@ -74,9 +99,7 @@ def throwaway_database(prefix: str) -> Iterator[str]:
 
 
 @contextmanager
-def instance_environment(
-    home: Path, queue_url: str, moto_endpoint: str
-) -> Iterator[dict[str, str]]:
+def instance_environment(home: Path, queue_url: str, sqs_endpoint: str) -> Iterator[dict[str, str]]:
     """Environment for the Dagster processes and the CLI: instance, campaign store and queue.
 
     `home` (DAGSTER_HOME) gets a copy of `deploy/dagster.yaml`, whose DAGSTER_PG_* variables
@@ -114,7 +137,7 @@ def instance_environment(
                 "DAGSTER_PG_PASSWORD": dagster_db.password or "",
                 "DAGSTER_PG_DB": dagster_db.database or "",
                 "CAMPAIGN_DATABASE_URL": campaigns_url,
-                "AWS_ENDPOINT_URL_SQS": moto_endpoint,
+                "AWS_ENDPOINT_URL_SQS": sqs_endpoint,
                 "AWS_SQS_QUEUE_URL": queue_url,
                 "CAMPAIGN_PROCESSING_INTERVAL": str(INTERVAL_MS),
                 "BACKGROUND_JOB_INTERVAL": str(INTERVAL_MS),
@@ -126,14 +149,14 @@ def instance_environment(
 
 @pytest.fixture
 def dagster_instance_env(
-    tmp_path: Path, postgres_url: str, moto_endpoint: str, make_queue: Callable[..., str]
+    tmp_path: Path, postgres_url: str, sqs_endpoint: str, make_queue: Callable[..., str]
 ) -> Iterator[dict[str, str]]:
-    """`instance_environment` for one test, on a new standard queue on moto.
+    """`instance_environment` for one test, on a new standard queue (fauxqs).
 
     (`postgres_url` makes a test without PostgreSQL skip, outside CI.)
     """
     with instance_environment(
-        tmp_path / "dagster_home", make_queue(fifo=False), moto_endpoint
+        tmp_path / "dagster_home", make_queue(fifo=False), sqs_endpoint
     ) as env:
         yield env
 

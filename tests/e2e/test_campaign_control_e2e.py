@@ -2,16 +2,18 @@
 terminate, schedule, and campaigns as partitions.
 
 Touches a PostgreSQL-backed DAGSTER_HOME made from `deploy/dagster.yaml`, a PostgreSQL campaign
-store, a standard queue on moto's SQS server behind the fault proxy (which timestamps each batch
-the run sends and each one moto stored), two calls in flight (SQS_MAX_CONCURRENT_BATCHES),
+store, a standard queue on fauxqs behind the fault proxy (which slows every call, and timestamps
+each batch the run sends and each one SQS stored), two calls in flight (SQS_MAX_CONCURRENT_BATCHES),
 `dagster-daemon run` and `dagster-webserver` subprocesses (sensors tick every second), and the
 `campaign-pipeline` console script. On a standard queue nothing dedupes a resend: "exactly once"
 below is the pipeline's own doing.
 """
 
 import random
+import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,7 +25,6 @@ import pytest
 from campaign_pipeline.clock import as_utc
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from tests.e2e.conftest import (
-    INTERVAL_MS,
     RUN_START_SECONDS,
     DagsterProcess,
     DagsterProcesses,
@@ -35,17 +36,17 @@ from tests.e2e.conftest import (
     wait_for_campaign,
     wait_until,
 )
-from tests.fault_proxy import Call, FaultProxy
-from tests.invariant import InvariantReport, check_campaign_invariant, drain_queue
+from tests.support.fault_proxy import Call, FaultProxy
+from tests.support.invariant import InvariantReport, check_campaign_invariant, drain_queue
 
 pytestmark = pytest.mark.timeout(300)
 
-# moto answers about 16 SendMessageBatch calls a second here, slower as its queue fills (and a
-# drain of 1,000 messages takes it over 40 s, growing with the square of the depth), so a
-# campaign of this size with two calls in flight sends for several seconds: long enough to be
-# stopped mid-send. (The default 64 in flight would hold most of it at once.)
+# Each call through the proxy takes CALL_SECONDS more, so a campaign of this size with two calls
+# in flight sends for several seconds (about 7 batches a second):
+# long enough to be stopped mid-send. (The default 64 in flight would hold most of it at once.)
 RECIPIENTS = 700
 CONCURRENCY = 2
+CALL_SECONDS = 0.3
 # The issue's bound from `pause` to the last message SQS stored.
 STOP_SECONDS = 5.0
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
@@ -53,7 +54,7 @@ FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 
 @dataclass
 class SlowSqs:
-    """The fault proxy in front of moto, remembering when moto stored each batch."""
+    """The fault proxy in front of SQS, remembering when SQS stored each batch."""
 
     proxy: FaultProxy
     queue_url: str
@@ -69,7 +70,7 @@ class SlowSqs:
         return max(self.sent_at)
 
     def last_stored(self) -> float:
-        """When moto stored the latest batch (time.time)."""
+        """When SQS stored the latest batch (time.time)."""
         return max(self.stored_at)
 
     def check(
@@ -83,7 +84,7 @@ class SlowSqs:
 
 @pytest.fixture
 def slow_sqs(
-    moto_endpoint: str,
+    sqs_endpoint: str,
     make_queue: Callable[..., str],
     dagster_instance_env: dict[str, str],
     sqs_client: Any,
@@ -97,7 +98,7 @@ def slow_sqs(
             # Wall clock, to compare with the campaign's paused_at.
             (sent_at if stage == "received" else stored_at).append(time.time())
 
-    with FaultProxy(moto_endpoint, hook=hook) as proxy:
+    with FaultProxy(sqs_endpoint, delay_seconds=CALL_SECONDS, hook=hook) as proxy:
         queue_url = make_queue(fifo=False)
         dagster_instance_env |= {
             "AWS_SQS_QUEUE_URL": queue_url,
@@ -141,15 +142,39 @@ def run_statuses(instance: dg.DagsterInstance, campaign_id: str) -> dict[str, st
     }
 
 
+# The sensors that could start a stopped campaign again.
+RESTARTING_SENSORS = ("asset_generated_campaigns_sensor", "resume_stalled_campaigns_sensor")
+TICKS_WATCHED = 3
+
+
+def sensor_ticks(daemon: DagsterProcess) -> Counter[str]:
+    """How many times the daemon has evaluated each sensor, from its log."""
+    return Counter(
+        re.findall(
+            r"Checking for new runs for sensor: (\w+)", daemon.log.read_text(errors="replace")
+        )
+    )
+
+
 def assert_nothing_more_starts(
-    sqs: SlowSqs, instance: dg.DagsterInstance, campaign_id: str, seconds: float
+    sqs: SlowSqs, instance: dg.DagsterInstance, campaign_id: str, daemon: DagsterProcess
 ) -> None:
-    """For `seconds` (several sensor ticks) no run starts and no batch is sent.
+    """While each sensor that could restart it ticks TICKS_WATCHED more times, no run starts
+    and no batch is sent.
 
     Runs are compared by id: the stopped run may still be finishing (STARTED, then SUCCESS).
     """
     runs, batches = set(run_statuses(instance, campaign_id)), sqs.batches()
-    time.sleep(seconds)
+    before = sensor_ticks(daemon)
+    wait_until(
+        lambda: all(
+            sensor_ticks(daemon)[name] >= before[name] + TICKS_WATCHED
+            for name in RESTARTING_SENSORS
+        ),
+        RUN_START_SECONDS,
+        f"{TICKS_WATCHED} more ticks of {', '.join(RESTARTING_SENSORS)}",
+        processes=[daemon],
+    )
     assert set(run_statuses(instance, campaign_id)) == runs
     assert sqs.batches() == batches
 
@@ -175,7 +200,7 @@ def test_pause_stops_a_run_within_seconds_and_resume_sends_the_rest_once(
     assert f"campaign {campaign_id} paused (was 'ready_to_launch')" in paused.stdout
     campaign = wait_for_run_end(campaign_store, campaign_id, run_id, 60)
     # From the moment the pause was written (not the command's start-up, seconds under load)
-    # to the last batch the run sent; moto, answering ~16 batches/s, stores them later.
+    # to the last batch the run sent; SQS, behind the slow proxy, stores them later.
     paused_at = as_utc(campaign["paused_at"]).timestamp()
     stop_seconds = slow_sqs.last_sent() - paused_at
     record_property("pause_to_last_batch_sent_seconds", round(stop_seconds, 2))
@@ -198,7 +223,7 @@ def test_pause_stops_a_run_within_seconds_and_resume_sends_the_rest_once(
         "the paused run to end",
     )
     assert run_statuses(instance, campaign_id) == {run_id: "SUCCESS"}
-    assert_nothing_more_starts(slow_sqs, instance, campaign_id, 4 * INTERVAL_MS / 1000)
+    assert_nothing_more_starts(slow_sqs, instance, campaign_id, daemon)
 
     resumed = run_cli("resume", campaign_id, env=dagster_instance_env)
     assert resumed.returncode == 0, resumed.stderr
@@ -228,7 +253,7 @@ def test_cancel_stops_a_run_for_good(
     assert cancelled.returncode == 0, cancelled.stderr
     campaign = wait_for_run_end(campaign_store, campaign_id, run_id, 60)
     assert campaign["status"] == "cancelled"
-    assert_nothing_more_starts(slow_sqs, instance, campaign_id, 5 * INTERVAL_MS / 1000)
+    assert_nothing_more_starts(slow_sqs, instance, campaign_id, daemon)
 
     for command in (["resume"], ["process"], ["trigger", "--dagster-url", "http://127.0.0.1:9"]):
         refused = run_cli(*command, campaign_id, env=dagster_instance_env)
@@ -283,7 +308,7 @@ def test_terminate_from_graphql_pauses_the_campaign(
     )
     assert "terminated" in campaign["paused_by"]
     assert campaign["lease_run_id"] is None
-    assert_nothing_more_starts(slow_sqs, instance, campaign_id, 5 * INTERVAL_MS / 1000)
+    assert_nothing_more_starts(slow_sqs, instance, campaign_id, daemon)
 
     assert run_cli("resume", campaign_id, env=dagster_instance_env).returncode == 0
     wait_for_campaign(campaign_store, campaign_id, RUN_START_SECONDS + 60, processes=[daemon])

@@ -8,10 +8,9 @@ process group, ended (SIGTERM, then SIGKILL) after the test. Runs are launched w
 `dagster job execute` or `campaign-pipeline process`, which orchestrate the run in their process
 and submit every step to the workers.
 
-The 20,000-recipient run sends to fauxqs (installed under benchmarks/ with npm on first use):
-moto's server costs time proportional to the messages a queue holds on every call, and sends
-about 10 batches a second here once a few thousand are waiting, which would take minutes. The
-kill and broker tests send to moto's server.
+Every run sends to fauxqs (installed under benchmarks/ with npm on first use), like the rest of
+the end-to-end tier: moto's server costs time proportional to the messages a queue holds on every
+call, and sends about 10 batches a second here once a few thousand are waiting.
 """
 
 import contextlib
@@ -34,13 +33,12 @@ import dagster as dg
 import pytest
 import yaml
 
-from benchmarks.sqs_endpoints import fauxqs_server
 from campaign_pipeline.defs.jobs import campaign_run_config
 from campaign_pipeline.defs.tags import campaign_tags
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from tests.conftest import REGION, assert_one_line_error
 from tests.e2e.conftest import BIN, ORGANIZATION_ID, ROOT, _end_process_group, add_campaign
-from tests.invariant import check_campaign_invariant, drain_queue
+from tests.support.invariant import check_campaign_invariant, drain_queue
 
 JOB = "process_campaign_messages"
 WORKER_READY_SECONDS = 60
@@ -174,9 +172,9 @@ def workers(celery_env: dict[str, str], tmp_path: Path) -> Iterator[Workers]:
 
 
 @pytest.fixture(scope="module")
-def fauxqs_endpoint() -> Iterator[str]:
-    with fauxqs_server() as endpoint:
-        yield endpoint
+def fauxqs_endpoint(sqs_endpoint: str) -> str:
+    """The tier's fauxqs (see conftest.py)."""
+    return sqs_endpoint
 
 
 def sqs_client(endpoint: str) -> Any:

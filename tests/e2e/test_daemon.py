@@ -1,7 +1,7 @@
 """The sensor path with the real `dagster-daemon` on the production instance config.
 
 Touches a PostgreSQL-backed DAGSTER_HOME made from `deploy/dagster.yaml`, a PostgreSQL campaign
-store, moto's SQS server, and a `dagster-daemon run -w workspace.yaml` subprocess.
+store, fauxqs as SQS, and a `dagster-daemon run -w workspace.yaml` subprocess.
 """
 
 import itertools

@@ -3,7 +3,7 @@
 Reads the JSON of the curl example in `docs/operations.md`, so the documentation is what is
 tested. Touches the real `dagster-webserver` and `dagster-daemon` on `deploy/dagster.yaml`
 (PostgreSQL, queued run coordinator with one run per campaign), a PostgreSQL campaign store and
-moto's SQS server.
+fauxqs as SQS.
 """
 
 import json

@@ -1,7 +1,7 @@
 """The HTTP API as its callers meet it: `serve-api` as a real server, driven over HTTP.
 
-One stack for the module: PostgreSQL (Dagster's storage and the campaign store), moto's SQS
-server, a real `dagster-webserver` and `dagster-daemon` (the processing sensors stopped, so only
+One stack for the module: PostgreSQL (Dagster's storage and the campaign store), fauxqs as SQS,
+a real `dagster-webserver` and `dagster-daemon` (the processing sensors stopped, so only
 the API starts runs), and `campaign-pipeline serve-api` as a subprocess with one planted operator
 token and one read-only token given as its SHA-256 in a file. A few tests start a second server
 whose Dagster, database or queue is gone.
@@ -10,6 +10,7 @@ whose Dagster, database or queue is gone.
 import hashlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -45,7 +46,9 @@ from tests.e2e.conftest import (
     sent_audience_ids,
     stop_sensor,
     wait_for_campaign,
+    wait_until,
 )
+from tests.support.reliability_log import log_exposure_sweep
 
 # Planted: no log, no run, no row may ever hold them.
 OPERATOR_TOKEN = f"planted-operator-{uuid.uuid4().hex}"
@@ -112,13 +115,13 @@ def start_api(processes: DagsterProcesses, env: dict[str, str], name: str) -> tu
 
 @pytest.fixture(scope="module")
 def api(
-    tmp_path_factory: pytest.TempPathFactory, postgres_url: str, moto_endpoint: str
+    tmp_path_factory: pytest.TempPathFactory, postgres_url: str, sqs_endpoint: str
 ) -> Iterator[ApiStack]:
     """The module's stack, started once; stopped after its last test."""
     sqs = boto3.client(
         "sqs",
         region_name=REGION,
-        endpoint_url=moto_endpoint,
+        endpoint_url=sqs_endpoint,
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
     )
@@ -129,7 +132,7 @@ def api(
         "# the read-only token, as its digest\n"
         f"sha256:{hashlib.sha256(READ_TOKEN.encode()).hexdigest()}\n"
     )
-    with instance_environment(root / "dagster_home", queue_url, moto_endpoint) as env:
+    with instance_environment(root / "dagster_home", queue_url, sqs_endpoint) as env:
         for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
             env.pop(name, None)
         env.update(
@@ -266,11 +269,19 @@ def test_process_messages_queues_every_recipient_once(api: ApiStack) -> None:
 
     with api.client() as client:
         finished = client.post(f"/api/campaigns/{campaign_id}/process-messages")
-        status = client.get(f"/api/campaigns/{campaign_id}")
+        # Every recipient is recorded before the run's last step ends; the run ends after it
+        # (and the API caches a campaign's runs for a second).
+        document = wait_until(
+            lambda: (
+                (answer := client.get(f"/api/campaigns/{campaign_id}").json())["runs"]
+                and answer["runs"][0]["status"] == "SUCCESS"
+                and answer
+            ),
+            30,
+            "the run to end SUCCESS in the campaign's status",
+        )
     assert finished.status_code == 409
     assert "no pending recipients" in finished.json()["error"]
-    assert status.status_code == 200
-    document = status.json()
     assert document["counts"] == counts
     assert [run["run_id"] for run in document["runs"]] == [accepted["runId"]]
     assert document["runs"][0]["status"] == "SUCCESS"
@@ -557,21 +568,50 @@ def test_fifty_concurrent_readers_for_twenty_seconds(
         )
 
 
+# What a request log line may say of its token (docs/operations.md): its place in the
+# configuration or its digest's first 8 digits; `unknown` for one it does not know, `none` when
+# a route needed one and none was sent, `-` when no route looked (health, a 404).
+LOGGED_TOKEN = re.compile(r"#\d+|sha256:[0-9a-fA-F]{8}|unknown|none|-")
+
+
 def test_no_token_is_in_any_log_or_in_dagster(api: ApiStack) -> None:
-    """Run last: after every request above, neither planted token is anywhere it could leak."""
+    """After requests with each kind of token (made here, so the test stands alone), neither
+    planted token, nor any part of a presented one, is anywhere it could leak."""
+    campaign_id = add_campaign(api.store, valid=3)
+    with api.client() as client:
+        accepted = client.post(f"/api/campaigns/{campaign_id}/process-messages")
+        assert accepted.status_code == 202, accepted.text
+    with api.client(READ_TOKEN) as client:
+        assert client.get(f"/api/campaigns/{campaign_id}").status_code == 200
+    with api.client(f"{OPERATOR_TOKEN}-but-not-quite") as client:
+        assert client.get(f"/api/campaigns/{campaign_id}").status_code == 401
+    # The run's processes (daemon, run worker) have logged what they do with it.
+    wait_for_campaign(api.store, campaign_id, RUN_START_SECONDS + 60)
     planted = (OPERATOR_TOKEN, READ_TOKEN)
+    searched = 0
     for name, log in api.processes.logs.items():
+        searched += 1
         text = log.read_text(errors="replace")
         assert text, name
         for token in planted:
             assert token not in text, f"a token is in the {name} log"
     request_lines = [line for line in api.api_log.read_text().splitlines() if " ms token=" in line]
-    assert any("/process-messages 202 " in line and "token=#1" in line for line in request_lines)
+    logged = [line.split(" token=", 1)[1].split(" ", 1)[0] for line in request_lines]
+    assert logged and all(LOGGED_TOKEN.fullmatch(token) for token in logged), sorted(set(logged))
+    assert any(
+        f"/{campaign_id}/process-messages 202 " in line and "token=#1 " in line
+        for line in request_lines
+    )
     assert any("token=sha256:" in line for line in request_lines)
-    assert any(" 401 " in line and "token=unknown" in line for line in request_lines)
+    assert any(" 401 " in line and "token=unknown " in line for line in request_lines)
+    for token in planted:
+        # Not the whole token, nor a telling piece of it (its first or last 8 characters).
+        for piece in (token, token[:8], token[-8:]):
+            assert piece not in api.api_log.read_text(), piece
     home = Path(api.env["DAGSTER_HOME"])
     for path in home.rglob("*"):
         if path.is_file():
+            searched += 1
             content = path.read_bytes()
             for token in planted:
                 assert token.encode() not in content, path
@@ -591,5 +631,20 @@ def test_no_token_is_in_any_log_or_in_dagster(api: ApiStack) -> None:
                     f'SELECT t::text FROM "{table}" t'  # names from the catalog
                 ).fetchall()
                 for (row,) in rows:
+                    searched += 1
                     for token in planted:
                         assert token not in row, f"a token is in {table}"
+    log_exposure_sweep(
+        "the HTTP API after requests with an operator, a read-only and an unknown token",
+        planted=[
+            "an operator token (CAMPAIGN_API_TOKENS)",
+            "a read-only token (its digest in a file)",
+        ],
+        searched=[
+            "the webserver's, daemon's and API server's logs",
+            "every token= field of the request log (#N, sha256:8 digits, unknown or -)",
+            "every file of DAGSTER_HOME",
+            "every row of Dagster's and the campaign database",
+        ],
+        texts=searched,
+    )

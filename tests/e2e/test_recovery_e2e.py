@@ -1,7 +1,7 @@
 """A run worker killed with SIGKILL mid-send, noticed and resumed by the real daemon.
 
 Touches a PostgreSQL-backed DAGSTER_HOME made from `deploy/dagster.yaml` (run monitoring, run
-retries), a PostgreSQL campaign store, a FIFO queue on moto's SQS server behind the fault proxy
+retries), a PostgreSQL campaign store, a FIFO queue on fauxqs behind the fault proxy
 (which deduplicates FIFO resends as SQS does), and a `dagster-daemon run -w workspace.yaml`
 subprocess. The test opens the same Dagster instance to read the runs and their events.
 """
@@ -28,15 +28,17 @@ from tests.e2e.conftest import (
     wait_for_campaign,
     wait_until,
 )
-from tests.fault_proxy import FaultProxy
+from tests.support.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.timeout(400)
 
 LOGGER = logging.getLogger(__name__)
-# moto takes 0.1-0.3 s per FIFO batch at this size and the proxy forwards FIFO batches one at a
-# time, so the run sends for several seconds; it is killed after KILL_AFTER_BATCHES of its 40.
+# The proxy adds CALL_SECONDS to every call and forwards FIFO batches one at a time (it
+# deduplicates them as SQS does), so the run sends for several seconds; it is killed after
+# KILL_AFTER_BATCHES of its 40.
 RECIPIENTS = 400
 KILL_AFTER_BATCHES = 10
+CALL_SECONDS = 0.2
 
 
 def run_worker_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:
@@ -64,7 +66,7 @@ def test_run_killed_mid_send_is_resumed_with_nothing_lost_or_sent_twice(
     instance: dg.DagsterInstance,
     campaign_store: CampaignStore,
     make_queue: Callable[..., str],
-    moto_endpoint: str,
+    sqs_endpoint: str,
     sqs_client: object,
     record_property: Callable[[str, object], None],
 ) -> None:
@@ -80,7 +82,7 @@ def test_run_killed_mid_send_is_resumed_with_nothing_lost_or_sent_twice(
         config["run_retries"]["enabled"] = False
         config_path.write_text(yaml.safe_dump(config))
     queue_url = make_queue(fifo=True)
-    with FaultProxy(moto_endpoint) as proxy:
+    with FaultProxy(sqs_endpoint, delay_seconds=CALL_SECONDS) as proxy:
         dagster_instance_env |= {"AWS_SQS_QUEUE_URL": queue_url, "AWS_ENDPOINT_URL_SQS": proxy.url}
         daemon = dagster_processes.daemon()
         campaign_id = add_campaign(campaign_store, valid=RECIPIENTS)

@@ -1,7 +1,7 @@
 """`campaign-pipeline trigger`: a campaign's run started through the webserver's GraphQL API.
 
 The first tests run the real `dagster-webserver` and `dagster-daemon` on the production instance
-config (PostgreSQL, queued run coordinator) with moto's SQS server; the error tests need neither
+config (PostgreSQL, queued run coordinator) with fauxqs as SQS; the error tests need neither
 process and use a SQLite campaign store.
 """
 
