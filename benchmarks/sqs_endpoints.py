@@ -6,6 +6,7 @@ loopback ports, stopped when their context ends, whatever happened inside it.
 """
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -95,14 +96,19 @@ def fauxqs_version() -> str | None:
 
 
 def install_fauxqs() -> None:
-    """Install the pinned fauxqs under benchmarks/node_modules unless it is there already."""
-    if fauxqs_version() == FAUXQS_VERSION:
-        return
-    subprocess.run(
-        ["npm", "install", "--no-save", "--no-audit", "--no-fund", f"fauxqs@{FAUXQS_VERSION}"],
-        cwd=BENCHMARKS,
-        check=True,
-    )
+    """Install the pinned fauxqs under benchmarks/node_modules unless it is there already.
+
+    One installer at a time: processes starting together (pytest-xdist workers) wait here.
+    """
+    with open(BENCHMARKS / ".fauxqs-install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if fauxqs_version() == FAUXQS_VERSION:
+            return
+        subprocess.run(
+            ["npm", "install", "--no-save", "--no-audit", "--no-fund", f"fauxqs@{FAUXQS_VERSION}"],
+            cwd=BENCHMARKS,
+            check=True,
+        )
 
 
 @contextlib.contextmanager

@@ -18,7 +18,6 @@ Building blocks for other scenarios (a crashed run, a restarted daemon):
   `sent_audience_ids`: helpers.
 """
 
-import fcntl
 import json
 import os
 import shutil
@@ -41,7 +40,7 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from benchmarks.sqs_endpoints import fauxqs_server, install_fauxqs
+from benchmarks.sqs_endpoints import fauxqs_server
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from tests.conftest import POSTGRES_ADMIN_URL, drain, free_port
 
@@ -68,21 +67,8 @@ def sqs_endpoint() -> Iterator[str]:
     around the send, not SQS's semantics (moto's, in the integration tier), and moto's server
     costs CPU in proportion to the messages a queue holds on every call. (fauxqs's FIFO queues
     do not deduplicate; the FIFO scenario here goes through the fault proxy, which does.)"""
-    with _install_lock():
-        install_fauxqs()
     with fauxqs_server() as endpoint:
         yield endpoint
-
-
-@contextmanager
-def _install_lock() -> Iterator[None]:
-    """One installer at a time (pytest-xdist workers start together)."""
-    with open(ROOT / "benchmarks" / ".fauxqs-install.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextmanager

@@ -171,12 +171,6 @@ def workers(celery_env: dict[str, str], tmp_path: Path) -> Iterator[Workers]:
         started.stop_all()
 
 
-@pytest.fixture(scope="module")
-def fauxqs_endpoint(sqs_endpoint: str) -> str:
-    """The tier's fauxqs (see conftest.py)."""
-    return sqs_endpoint
-
-
 def sqs_client(endpoint: str) -> Any:
     return boto3.client(
         "sqs",
@@ -283,15 +277,15 @@ def drain_in_parallel(endpoint: str, queue_url: str, threads: int = 4) -> list[d
 def test_four_shards_run_on_both_workers_and_queue_everyone_once(
     celery_env: dict[str, str],
     workers: Workers,
-    fauxqs_endpoint: str,
+    sqs_endpoint: str,
     campaign_store: CampaignStore,
     instance: dg.DagsterInstance,
     tmp_path: Path,
 ) -> None:
     """20,000 recipients in 4 shards on two workers: both send, each recipient is queued once."""
-    client = sqs_client(fauxqs_endpoint)
+    client = sqs_client(sqs_endpoint)
     queue_url = client.create_queue(QueueName=f"celery-{uuid.uuid4().hex[:8]}")["QueueUrl"]
-    env = celery_env | {"AWS_ENDPOINT_URL_SQS": fauxqs_endpoint, "AWS_SQS_QUEUE_URL": queue_url}
+    env = celery_env | {"AWS_ENDPOINT_URL_SQS": sqs_endpoint, "AWS_SQS_QUEUE_URL": queue_url}
     workers.env = env
     first, second = workers.start("w1", "w2")
     campaign_id = add_campaign(campaign_store, valid=20_000)
@@ -313,7 +307,7 @@ def test_four_shards_run_on_both_workers_and_queue_everyone_once(
     assert not send_pids & (worker_pids | {os.getpid()})
     counts = campaign_store.audience.counts(campaign_id)
     assert (counts["ready_to_send"], counts["pending"], counts["failed"]) == (20_000, 0, 0)
-    messages = drain_in_parallel(fauxqs_endpoint, queue_url)
+    messages = drain_in_parallel(sqs_endpoint, queue_url)
     report = check_campaign_invariant(
         campaign_store, campaign_id, client, queue_url, fifo=False, messages=messages
     )
@@ -324,7 +318,7 @@ def test_four_shards_run_on_both_workers_and_queue_everyone_once(
 def test_worker_killed_mid_shard_loses_nothing_and_the_shard_is_finished_elsewhere(
     celery_env: dict[str, str],
     workers: Workers,
-    fauxqs_endpoint: str,
+    sqs_endpoint: str,
     campaign_store: CampaignStore,
     instance: dg.DagsterInstance,
     tmp_path: Path,
@@ -334,12 +328,12 @@ def test_worker_killed_mid_shard_loses_nothing_and_the_shard_is_finished_elsewhe
     batches (at most one outcome write plus the batches in flight) are in the queue twice.
     With CAMPAIGN_SEND_PROCESSES=1 the second shard is submitted only once the first is done.
     """
-    client = sqs_client(fauxqs_endpoint)
+    client = sqs_client(sqs_endpoint)
     queue_url = client.create_queue(QueueName=f"celery-{uuid.uuid4().hex[:8]}")["QueueUrl"]
     outcomes_per_write, in_flight = 50, 2
     # Paced, so a shard lasts seconds: 300 messages/s, one send step at a time.
     env = celery_env | {
-        "AWS_ENDPOINT_URL_SQS": fauxqs_endpoint,
+        "AWS_ENDPOINT_URL_SQS": sqs_endpoint,
         "AWS_SQS_QUEUE_URL": queue_url,
         "CAMPAIGN_MAX_MESSAGES_PER_SECOND": "300",
         "SQS_MAX_CONCURRENT_BATCHES": str(in_flight),

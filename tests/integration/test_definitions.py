@@ -1,4 +1,8 @@
-"""The code location loads, and its definitions are wired the way docs/configuration.md says."""
+"""The code location in fresh processes: the sensor interval from the environment, Dagster's
+family at one release, and `dg list defs` / `dg check defs`.
+
+What loads in process is in `tests/unit/test_definitions.py`.
+"""
 
 import json
 import os

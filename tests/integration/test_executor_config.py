@@ -1,8 +1,9 @@
-"""CAMPAIGN_EXECUTOR and the Celery settings: the run config each executor gets, the code
-location under Celery (its executor and IO managers), and bad values in one line.
+"""CAMPAIGN_EXECUTOR and the Celery settings in a fresh interpreter: the CLI's one-line error for a
+bad executor, the code location under Celery (its executor and IO managers).
 
 The code location reads CAMPAIGN_EXECUTOR when it loads, so loading it under another value
 happens in a fresh interpreter; the S3 IO manager is checked against moto's server over HTTP.
+The run config itself is in `tests/unit/test_executor_config.py`.
 """
 
 import json

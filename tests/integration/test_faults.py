@@ -665,17 +665,10 @@ def test_outage_past_the_retry_budget_fails_the_run_and_a_rerun_completes(
 # The run's process killed with SIGKILL mid-send, then a rerun
 
 
-def instance_in(home: Path) -> Any:
-    """The Dagster instance in `home` (made when new); child runs open it through DAGSTER_HOME."""
-    home.mkdir(exist_ok=True)
-    return dg.instance_for_test(temp_dir=str(home))
-
-
 @pytest.fixture
 def dagster_home(tmp_path: Path) -> Path:
     home = tmp_path / "dagster_home"
-    with instance_in(home):
-        pass
+    home.mkdir()
     return home
 
 
@@ -803,7 +796,7 @@ def test_run_killed_mid_send_is_completed_by_a_rerun(
             expect_pending_allowed=True,
         )
         killed_run_id = postgres_store.campaigns.get(campaign_id)["lease_run_id"]
-        with instance_in(dagster_home) as instance:
+        with dg.instance_for_test(temp_dir=str(dagster_home)) as instance:
             # Dagster still sees the killed run as started: its lease is respected.
             refused = run_job(postgres_store, queue, campaign_id, instance=instance)
             killed_run = instance.get_run_by_id(killed_run_id)
@@ -1004,8 +997,9 @@ def test_two_runs_started_together_send_each_recipient_once(
     homes = [tmp_path / "home_a", tmp_path / ("home_a" if shared_instance else "home_b")]
     logs = [tmp_path / "run_0.log", tmp_path / "run_1.log"]
     for home in homes:
+        home.mkdir(exist_ok=True)
         # Create the instance's storage here: two processes creating it at once can collide.
-        with instance_in(home):
+        with dg.instance_for_test(temp_dir=str(home)):
             pass
     sync = tmp_path / "sync"
     sync.mkdir()
@@ -1112,7 +1106,7 @@ def test_sensor_ticks_during_a_run_request_nothing_for_its_campaign(
         return evaluations
 
     with (
-        instance_in(dagster_home) as instance,
+        dg.instance_for_test(temp_dir=str(dagster_home)) as instance,
         FaultProxy(sqs_endpoint, delay_seconds=0.05, hook=hook) as proxy,
     ):
         queue = make_sqs_queue(fifo=False, endpoint=proxy.url, max_concurrent_batches=2)

@@ -1,9 +1,10 @@
-"""The campaign preview: `build_preview`, `campaign_pipeline.preview`, `preview`, the job.
+"""The campaign preview: `build_preview`, `preview`, the CLI and the job.
 
 The sample is compared byte for byte with what a real run then queues for the same recipients,
 on SQLite and PostgreSQL, and the preview is shown to leave every row and the queue as they
 were. Touches moto's SQS server over HTTP, SQLite files, a throwaway PostgreSQL database, the
-console script as a subprocess and the jobs in process.
+console script as a subprocess and the jobs in process. The report's pure parts are in
+`tests/unit/test_preview_report.py`.
 """
 
 import json

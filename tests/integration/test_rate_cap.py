@@ -1,10 +1,9 @@
-"""The rate cap: the token bucket on a fake clock, a capped send in real time, where the cap
-comes from, and how it is shared among send steps.
+"""The rate cap in real time and through the job.
 
-The bucket's tests need nothing. The real-time send runs `ShardSend` against
-moto's server over HTTP and PostgreSQL at 40 messages/s for about ten seconds; the job tests
-run `execute_in_process` on PostgreSQL with tiny audiences, and one run under the multiprocess
-executor, its two send steps in two processes, is timed by moto's SentTimestamp.
+The real-time send runs `ShardSend` against moto's server over HTTP and PostgreSQL at 40
+messages/s for about ten seconds; the job tests run `execute_in_process` on PostgreSQL with tiny
+audiences, and one run under the multiprocess executor, its two send steps in two processes, is
+timed by moto's SentTimestamp. The token bucket itself is in `tests/unit/test_pacing.py`.
 """
 
 import bisect

@@ -1,8 +1,8 @@
-"""The SQS resource: batching rules, per-entry retries, FIFO ids, fair-queue groups, concurrency.
+"""The SQS resource against moto's server over HTTP: credentials, FIFO ids, standard queues,
+fair-queue groups (moto stores a standard queue's MessageGroupId and returns it), concurrency,
+and partial failures through the fault-injecting proxy.
 
-Retry decisions are checked with botocore's Stubber (exact calls, no network); everything else
-against moto's server over HTTP (which stores a standard queue's MessageGroupId and returns it),
-partial failures through the fault-injecting proxy.
+Retry decisions with botocore's Stubber are in `tests/unit/test_sqs_batches.py`.
 """
 
 import json

@@ -37,22 +37,26 @@ def instance() -> Iterator[dg.DagsterInstance]:
         yield instance
 
 
-def canceled_run(
-    instance: dg.DagsterInstance, store: CampaignStore, campaign_id: str
+def ended_run(
+    instance: dg.DagsterInstance, store: CampaignStore, campaign_id: str, *, canceled: bool
 ) -> dg.DagsterRun:
-    """A run of the job for the campaign that claimed it, sent nothing and was canceled."""
+    """A run of the job for the campaign that claimed it, sent nothing and ended CANCELED (or
+    FAILURE); killed outright, its lease was never renewed and expired."""
     run = instance.create_run_for_job(
         process_campaign_messages,
         run_config=campaign_run_config(campaign_id),
         tags=campaign_tags(campaign_id, "org-1"),
     )
     store.claims.claim(campaign_id, run.run_id, lease_seconds=60)
-    # Killed outright: its lease was never renewed, and it expired.
     store.claims.release(campaign_id, run.run_id)
-    instance.report_run_canceled(run)
-    canceled = instance.get_run_by_id(run.run_id)
-    assert canceled is not None and canceled.status == dg.DagsterRunStatus.CANCELED
-    return canceled
+    if canceled:
+        instance.report_run_canceled(run)
+    else:
+        instance.report_run_failed(run)
+    ended = instance.get_run_by_id(run.run_id)
+    expected = dg.DagsterRunStatus.CANCELED if canceled else dg.DagsterRunStatus.FAILURE
+    assert ended is not None and ended.status == expected
+    return ended
 
 
 def assert_paused_for(store: CampaignStore, campaign_id: str, run_id: str) -> None:
@@ -71,7 +75,7 @@ def test_the_recovery_sensor_pauses_a_stalled_campaign_whose_run_was_terminated(
     store = sqlite_store
     campaign_id = add_template_campaign(store)
     add_recipients(store, campaign_id, 3)
-    run = canceled_run(instance, store, campaign_id)
+    run = ended_run(instance, store, campaign_id, canceled=True)
     with dg.build_sensor_context(instance=instance, resources={"campaign_store": store}) as context:
         result = resume_stalled_campaigns_sensor(context)
     assert isinstance(result, dg.SkipReason), result
@@ -86,14 +90,7 @@ def test_the_recovery_sensor_resumes_the_same_campaign_after_a_failed_run(
     store = sqlite_store
     campaign_id = add_template_campaign(store)
     add_recipients(store, campaign_id, 3)
-    run = instance.create_run_for_job(
-        process_campaign_messages,
-        run_config=campaign_run_config(campaign_id),
-        tags=campaign_tags(campaign_id, "org-1"),
-    )
-    store.claims.claim(campaign_id, run.run_id, lease_seconds=60)
-    store.claims.release(campaign_id, run.run_id)
-    instance.report_run_failed(run)
+    ended_run(instance, store, campaign_id, canceled=False)
     with dg.build_sensor_context(instance=instance, resources={"campaign_store": store}) as context:
         result = resume_stalled_campaigns_sensor(context)
     assert isinstance(result, dg.SensorResult), result
@@ -107,7 +104,7 @@ def test_the_run_status_sensor_pauses_the_campaign_of_a_canceled_run(
     store = sqlite_store
     campaign_id = add_template_campaign(store)
     add_recipients(store, campaign_id, 3)
-    run = canceled_run(instance, store, campaign_id)
+    run = ended_run(instance, store, campaign_id, canceled=True)
     (record,) = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_CANCELED)
     with dg.build_run_status_sensor_context(
         sensor_name=pause_campaign_of_terminated_run.name,

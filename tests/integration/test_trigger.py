@@ -1,8 +1,9 @@
-"""`services.trigger` and `services.dagster_client` in-process: the campaign checks, headers,
-failure reasons, and how the GraphQL client reports webservers it cannot use.
+"""`services.trigger` and `services.dagster_client` against small HTTP servers on loopback standing
+in for the webserver (or a proxy in front of it): launches, headers, a run in progress, and how
+the GraphQL client reports webservers it cannot use.
 
-Touches SQLite campaign stores and small HTTP servers on loopback standing in for the webserver
-(or a proxy in front of it); the real webserver is in `tests/e2e/test_trigger.py`.
+Touches SQLite campaign stores; the real webserver is in `tests/e2e/test_trigger.py`, the
+checks without a server in `tests/unit/test_trigger.py`.
 """
 
 import json

@@ -1,8 +1,7 @@
-"""CAMPAIGN_EXECUTOR and the Celery settings: the run config each executor gets, the code
-location under Celery (its executor and IO managers), and bad values in one line.
+"""CAMPAIGN_EXECUTOR: the run config each executor gets, and bad values in one line.
 
-The code location reads CAMPAIGN_EXECUTOR when it loads, so loading it under another value
-happens in a fresh interpreter; the S3 IO manager is checked against moto's server over HTTP.
+The code location under Celery and the S3 IO manager are in
+`tests/integration/test_executor_config.py`.
 """
 
 import pytest

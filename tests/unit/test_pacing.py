@@ -1,10 +1,8 @@
-"""The rate cap: the token bucket on a fake clock, a capped send in real time, where the cap
-comes from, and how it is shared among send steps.
+"""The rate cap without a clock or a server: the token bucket on a fake clock, the cap's bad
+values in one line, and how it is shared among the send steps an executor runs at once.
 
-The bucket's tests need nothing. The real-time send runs `ShardSend` against
-moto's server over HTTP and PostgreSQL at 40 messages/s for about ten seconds; the job tests
-run `execute_in_process` on PostgreSQL with tiny audiences, and one run under the multiprocess
-executor, its two send steps in two processes, is timed by moto's SentTimestamp.
+The capped send in real time and the cap through the job are in
+`tests/integration/test_rate_cap.py`.
 """
 
 import bisect

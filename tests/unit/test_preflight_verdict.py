@@ -1,9 +1,6 @@
-"""The guards: the preflight count before a campaign's first send, the rejection bound while
-it sends.
+"""The preflight guard's verdict: one line naming the invalid fraction and the top reasons.
 
-The whole job (`execute_in_process`) on SQLite and PostgreSQL with moto's SQS server over HTTP;
-the rejection guard through the fault proxy's `Failed` entries (moto almost never reports one).
-Assertions read the campaign row, the recipients and the queue.
+The guards through the job are in `tests/integration/test_guards.py`.
 """
 
 from collections import Counter

@@ -1,9 +1,8 @@
-"""The campaign preview: `build_preview`, `campaign_pipeline.preview`, `preview`, the job.
+"""The campaign preview's report without a server: the DataFrame of `campaign_pipeline.preview`
+(string columns, masking, `limit`), the 1 MiB assumed without SQS settings, and the masked text.
 
-The sample is compared byte for byte with what a real run then queues for the same recipients,
-on SQLite and PostgreSQL, and the preview is shown to leave every row and the queue as they
-were. Touches moto's SQS server over HTTP, SQLite files, a throwaway PostgreSQL database, the
-console script as a subprocess and the jobs in process.
+On SQLite; the byte-for-byte comparison with a run, the CLI and the job are in
+`tests/integration/test_preview.py`.
 """
 
 import json

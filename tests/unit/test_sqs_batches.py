@@ -1,8 +1,8 @@
-"""The SQS resource: batching rules, per-entry retries, FIFO ids, fair-queue groups, concurrency.
+"""The SQS batch queue without a server: retry decisions with botocore's Stubber (exact calls),
+backoff, masking, partial answers, the client's retries and timeouts, fair-queue group ids and
+their one-line errors.
 
-Retry decisions are checked with botocore's Stubber (exact calls, no network); everything else
-against moto's server over HTTP (which stores a standard queue's MessageGroupId and returns it),
-partial failures through the fault-injecting proxy.
+Everything against moto's server over HTTP is in `tests/integration/test_sqs_queue.py`.
 """
 
 import json

@@ -1,8 +1,8 @@
-"""`services.trigger` and `services.dagster_client` in-process: the campaign checks, headers,
-failure reasons, and how the GraphQL client reports webservers it cannot use.
+"""`services.trigger` and `services.dagster_client` without a server: header parsing, campaign
+ids, the campaign checks (in `lifecycle.refusal`'s words, on SQLite), failure reasons, URLs
+that are not HTTP.
 
-Touches SQLite campaign stores and small HTTP servers on loopback standing in for the webserver
-(or a proxy in front of it); the real webserver is in `tests/e2e/test_trigger.py`.
+The GraphQL client against loopback HTTP servers is in `tests/integration/test_trigger.py`.
 """
 
 from datetime import UTC, datetime, timedelta
