@@ -156,7 +156,9 @@ def test_a_stop_from_another_thread_ends_a_real_wait() -> None:
     threading.Timer(0.2, stop.set).start()
     started = time.monotonic()
     assert not pacer.take(10, keep_going=lambda: not stop.is_set())
-    assert time.monotonic() - started < 0.2 + WAKE_SECONDS + 0.3
+    # Waking every WAKE_SECONDS, it ends within one wake of the event; the slack is for a
+    # loaded machine's scheduling, still far short of the 100 s it would otherwise wait.
+    assert time.monotonic() - started < 0.2 + WAKE_SECONDS + 2.0
 
 
 def test_rates_must_be_positive_numbers() -> None:
