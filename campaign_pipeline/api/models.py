@@ -94,6 +94,9 @@ class CampaignStatus(BaseModel):
     status: str
     send_at: str | None
     counts: Counts
+    failed_by_code: dict[str, int] = Field(
+        description="Failed recipients by failure_code (`unknown`: failed before codes existed)"
+    )
     progress: Progress | None
     last_error: str | None
     last_error_at: str | None
@@ -118,6 +121,9 @@ class Preview(BaseModel):
     recipients: int
     valid: int
     invalid: dict[str, int]
+    skipped: dict[str, int] = Field(
+        description="Valid recipients a run would not queue, by failure_code (duplicate, ...)"
+    )
     max_message_bytes: int
     max_message_bytes_source: str
     sample: list[dict[str, Any]]

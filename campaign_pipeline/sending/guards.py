@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import polars as pl
 
 from campaign_pipeline.errors import CampaignDefinitionError, CampaignHeldBack
+from campaign_pipeline.failure_codes import FailureCode
 from campaign_pipeline.payloads import CampaignMessage, build_payloads, check_campaign_message
 from campaign_pipeline.sending.lease import Lease
 from campaign_pipeline.sending.pacing import check_rate
@@ -95,7 +96,10 @@ def defers_to_the_send(pending: int, recipients_per_shard: int) -> bool:
 
 
 def _invalid_by_reason(built: pl.DataFrame) -> Counter[str]:
-    counts = built.filter(pl.col("failure_reason").is_not_null()).group_by("failure_reason").len()
+    invalid = pl.col("failure_reason").is_not_null()
+    if "failure_code" in built.columns:  # skipped for another reason: not invalid
+        invalid = pl.col("failure_code") == FailureCode.INVALID.value
+    counts = built.filter(invalid).group_by("failure_reason").len()
     return Counter(dict(counts.iter_rows()))
 
 

@@ -14,7 +14,9 @@ import polars as pl
 import sqlalchemy as sa
 
 from campaign_pipeline.errors import SendInterrupted
+from campaign_pipeline.failure_codes import FailureCode
 from campaign_pipeline.lifecycle import STOPPED_STATUSES
+from campaign_pipeline.sending.skips import DUPLICATE_SUMMARY
 from campaign_pipeline.sending.stats import SendStats
 from campaign_pipeline.sending.stop import StopSignal
 from campaign_pipeline.sqs import BatchResult
@@ -73,8 +75,13 @@ class OutcomeRecorder:
         self.stats.queued += len(result.accepted_ids)
         for id_, code, message in result.rejected:
             summary = f"SQS rejected the message ({code})"
-            self.outcomes.add_failed([id_], [f"{summary}: {message}" if message else summary])
+            self.outcomes.add_failed(
+                [id_],
+                [f"{summary}: {message}" if message else summary],
+                FailureCode.SQS_REJECTED,
+            )
             self.stats.failed_by_reason[summary] += 1
+            self.stats.failed_by_code[FailureCode.SQS_REJECTED] += 1
             self.stats.rejected_by_code[code] += 1
         if self.max_rejected is not None and self.stats.rejected > self.max_rejected:
             # Refused for good this often, the rest would be too: stop as for a pause.
@@ -85,13 +92,22 @@ class OutcomeRecorder:
         ):
             self.flush()
 
-    def add_invalid(self, invalid: pl.DataFrame) -> None:
-        """Recipients whose payload is invalid, failed with their reasons."""
-        if invalid.is_empty():
+    def add_skipped(self, skipped: pl.DataFrame) -> None:
+        """Recipients not to be sent (`id`, `failure_reason`, `failure_code`), failed as such."""
+        if skipped.is_empty():
             return
-        self.outcomes.add_failed(invalid["id"].to_list(), invalid["failure_reason"].to_list())
-        for reason, count in invalid.group_by("failure_reason").len().iter_rows():
-            self.stats.failed_by_reason[reason] += count
+        for (code,), part in skipped.group_by("failure_code"):
+            failure_code = FailureCode(code)
+            self.outcomes.add_failed(
+                part["id"].to_list(), part["failure_reason"].to_list(), failure_code
+            )
+            self.stats.failed_by_code[failure_code] += part.height
+            if failure_code == FailureCode.DUPLICATE:
+                # Each reason names its keeper: one line for them all.
+                self.stats.failed_by_reason[DUPLICATE_SUMMARY] += part.height
+                continue
+            for reason, count in part.group_by("failure_reason").len().iter_rows():
+                self.stats.failed_by_reason[reason] += count
         self.flush()
 
     def flush(self) -> None:

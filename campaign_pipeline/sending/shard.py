@@ -26,6 +26,7 @@ from campaign_pipeline.sending.guards import (
 from campaign_pipeline.sending.lease import Lease, LeaseWatch
 from campaign_pipeline.sending.outcomes import OutcomeRecorder, OutcomeWriter
 from campaign_pipeline.sending.pacing import Pacer
+from campaign_pipeline.sending.skips import SkipLookups, apply_skips
 from campaign_pipeline.sending.stats import SendStats
 from campaign_pipeline.sending.stop import StopSignal, run_until_interrupted
 from campaign_pipeline.sqs import BatchResult
@@ -34,7 +35,7 @@ from campaign_pipeline.store.records import IdRange
 T = TypeVar("T")
 
 
-class PendingAudience(OutcomeWriter, Protocol):
+class PendingAudience(OutcomeWriter, SkipLookups, Protocol):
     """The audience a send reads and writes (`store.audience.Audience`)."""
 
     def pending_chunks(
@@ -172,6 +173,11 @@ class ShardSend:
         recorder.stats.seconds = time.perf_counter() - started
         return recorder.stats
 
+    def _prepared(self, chunk: pl.DataFrame, max_bytes: int) -> pl.DataFrame:
+        """The chunk's payloads, with every recipient that is not to be sent failed and coded."""
+        built = build_payloads(self.message, chunk, max_bytes)
+        return apply_skips(self.audience, self.message.campaign_id, built, chunk["phone_number"])
+
     def _send_chunks(
         self,
         recorder: OutcomeRecorder,
@@ -194,7 +200,7 @@ class ShardSend:
         max_bytes = self.queue.max_message_bytes()
         chunks = self.audience.pending_chunks(campaign_id, self.recipients_per_chunk, self.id_range)
         all_built: Iterator[pl.DataFrame]
-        all_built = _prefetched(build_payloads(self.message, c, max_bytes) for c in chunks)
+        all_built = _prefetched(self._prepared(chunk, max_bytes) for chunk in chunks)
         if self.preflight_max_invalid is not None:
             # Every payload built before the first batch: the guard counts what is sent.
             ready = list(all_built)
@@ -204,8 +210,8 @@ class ShardSend:
             if stop.reason is not None:
                 break
             stats.recipients += built.height
-            recorder.add_invalid(built.filter(pl.col("failure_reason").is_not_null()))
-            valid = built.filter(pl.col("failure_reason").is_null())
+            recorder.add_skipped(built.filter(pl.col("failure_code").is_not_null()))
+            valid = built.filter(pl.col("failure_code").is_null())
             error: Exception | None = None
             batches = _batches(valid, max_bytes, keep_sending, pacer)
             for result in self.queue.send_batches(campaign_id, batches, fair_group_id):

@@ -12,6 +12,8 @@ class SendStats:
     recipients: int = 0
     queued: int = 0
     failed_by_reason: Counter[str] = field(default_factory=Counter)
+    # The same recipients by failure code (`failure_codes.FailureCode`).
+    failed_by_code: Counter[str] = field(default_factory=Counter)
     batches: int = 0
     retried_entries: int = 0
     seconds: float = 0.0
@@ -45,6 +47,7 @@ def merge_stats(parts: Iterable[SendStats]) -> SendStats:
         total.recipients += part.recipients
         total.queued += part.queued
         total.failed_by_reason += part.failed_by_reason
+        total.failed_by_code += part.failed_by_code
         total.batches += part.batches
         total.retried_entries += part.retried_entries
         total.rejected_by_code += part.rejected_by_code

@@ -29,11 +29,13 @@ from campaign_pipeline.errors import (
     InvalidCampaignId,
     PreviewError,
 )
+from campaign_pipeline.failure_codes import SKIP_ORDER, FailureCode
 from campaign_pipeline.lifecycle import refusal
 from campaign_pipeline.payloads import CampaignMessage, build_payloads, check_campaign_message
 from campaign_pipeline.privacy import mask_phone_numbers, masked_phone_number
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
+from campaign_pipeline.sending.skips import apply_skips
 from campaign_pipeline.services.sqs_health import (
     CHECK_CONNECT_TIMEOUT_SECONDS,
     CHECK_MAX_ATTEMPTS,
@@ -54,7 +56,9 @@ ASSUMED_SOURCE = "assumed (SQS not configured)"
 DEFAULT_SAMPLE_SIZE = 5
 # A run's default `recipients_per_chunk` (CampaignConfig): the preview reads the same chunks.
 RECIPIENTS_PER_CHUNK = 50_000
-FRAME_COLUMNS = ("campaign_audience_id", "to", "payload", "failure_reason")
+FRAME_COLUMNS = ("campaign_audience_id", "to", "payload", "failure_reason", "failure_code")
+# The skips `preview --json` counts under `skipped`, beside the invalid ones.
+SKIPPED_CODES = tuple(code.value for code in SKIP_ORDER if code != FailureCode.INVALID)
 
 
 @dataclass(frozen=True)
@@ -159,16 +163,19 @@ def load_campaign(store: CampaignStore, campaign_id: str) -> PreviewCampaign:
 def _built_chunks(
     store: CampaignStore, campaign: PreviewCampaign, max_message_bytes: int, chunk_size: int
 ) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
-    """Each chunk of pending recipients with its payloads, in the run's order (by id)."""
+    """Each chunk of pending recipients with its payloads and skips, as a run would decide."""
     for chunk in store.audience.pending_chunks(campaign.id, chunk_size):
-        yield chunk, build_payloads(campaign.message, chunk, max_message_bytes)
+        built = build_payloads(campaign.message, chunk, max_message_bytes)
+        yield chunk, apply_skips(store.audience, campaign.id, built, chunk["phone_number"])
 
 
 @dataclass
 class PreviewReport:
     """What a run would make of the campaign's pending recipients, counted.
 
-    `sample` holds the first valid payloads, exactly the bodies a run would queue.
+    `valid` counts the recipients a run would queue; `sample` holds the first of their
+    payloads, exactly the bodies a run would queue. `skipped` counts the valid recipients a
+    run would not queue, by failure code.
     """
 
     campaign_id: str
@@ -180,6 +187,7 @@ class PreviewReport:
     recipients: int = 0
     valid: int = 0
     invalid_by_reason: Counter[str] = field(default_factory=Counter)
+    skipped: Counter[str] = field(default_factory=Counter)
     sample: list[str] = field(default_factory=list)
 
     @property
@@ -201,6 +209,7 @@ class PreviewReport:
             "recipients": self.recipients,
             "valid": self.valid,
             "invalid": dict(self.reasons()),
+            "skipped": {code: self.skipped[code] for code in SKIPPED_CODES},
             "max_message_bytes": self.max_message_bytes,
             "max_message_bytes_source": self.max_message_bytes_source,
             "sample": [json.loads(payload) for payload in self.sample],
@@ -229,14 +238,16 @@ def build_preview(
     for _, built in _built_chunks(
         store, campaign, queue_limit.max_message_bytes, recipients_per_chunk
     ):
-        invalid = built.filter(pl.col("failure_reason").is_not_null())
+        invalid = built.filter(pl.col("failure_code") == FailureCode.INVALID.value)
         for reason, count in invalid.group_by("failure_reason").len().iter_rows():
             report.invalid_by_reason[reason] += count
+        skipped = built.filter(pl.col("failure_code") != FailureCode.INVALID.value)
+        report.skipped.update(dict(skipped.group_by("failure_code").len().iter_rows()))
+        valid = built.filter(pl.col("failure_code").is_null())
         report.recipients += built.height
-        report.valid += built.height - invalid.height
+        report.valid += valid.height
         wanted = sample_size - len(report.sample)
         if wanted > 0:
-            valid = built.filter(pl.col("failure_reason").is_null())
             report.sample += valid["payload"].head(wanted).to_list()
     return report
 
@@ -260,7 +271,8 @@ def format_preview(report: PreviewReport) -> list[str]:
     lines = [
         f"campaign    {report.campaign_id} {report.name!r} ({report.message_type})",
         f"status      {report.status}",
-        f"recipients  {report.recipients} pending: {report.valid} valid, {report.invalid} invalid",
+        f"recipients  {report.recipients} pending: {report.valid} valid, {report.invalid} invalid"
+        + (f", {sum(report.skipped.values())} skipped" if report.skipped else ""),
     ]
     reasons = report.reasons()
     width = len(str(reasons[0][1])) if reasons else 0
@@ -268,6 +280,9 @@ def format_preview(report: PreviewReport) -> list[str]:
         label = "invalid" if index == 0 else ""
         # Reasons never hold a phone number, and masking would garble their sizes in bytes.
         lines.append(f"{label:<10}  {count:>{width}}  {reason}")
+    if report.skipped:
+        counts = ", ".join(f"{report.skipped[code]} {code}" for code in SKIPPED_CODES)
+        lines.append(f"skipped     {counts}")
     lines.append(
         f"max size    {report.max_message_bytes:,} bytes, {report.max_message_bytes_source}"
     )
@@ -290,10 +305,11 @@ def preview_frame(
     limit: int | None = None,
     recipients_per_chunk: int = RECIPIENTS_PER_CHUNK,
 ) -> pl.DataFrame:
-    """One row per pending recipient (the first `limit`, by id): id, masked `to`, payload, reason.
+    """One row per pending recipient (the first `limit`, by id): id, masked `to`, payload, why not.
 
     `payload` is the JSON text a run would queue (its `to` unmasked: it is the message), null
-    for an invalid recipient, whose `failure_reason` says why. All four columns are strings.
+    for a recipient a run would fail, whose `failure_reason` says why and `failure_code` is
+    `invalid`, `duplicate`, ... All five columns are strings.
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be at least 0, not {limit}")
@@ -311,6 +327,7 @@ def preview_frame(
                 masked_phone_number(pl.col("phone_number")).alias("to"),
                 "payload",
                 "failure_reason",
+                "failure_code",
             )
             if limit is not None:
                 frame = frame.head(limit - rows)
@@ -342,7 +359,8 @@ def preview(
 
     One row per pending recipient, by id (the first `limit` of them; all when None), with
     the columns `campaign_audience_id`, `to` (masked: `***67`), `payload` (the JSON text a
-    run would queue, or null) and `failure_reason` (null when valid), each of dtype `string`.
+    run would queue, or null), `failure_reason` and `failure_code` (null when it would be
+    queued; else why not, and `invalid`, `duplicate`, ...), each of dtype `string`.
     Nothing is written, nothing is sent; the queue's size limit is read as `preview` reads it.
 
     Args:

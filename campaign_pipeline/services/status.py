@@ -79,6 +79,7 @@ def campaign_report(
         "status": campaign["status"],
         "send_at": _iso(campaign["send_at"]),
         "counts": counts,
+        "failed_by_code": store.audience.failed_by_code(campaign_id),
         "progress": _progress(store, campaign_id, runs, counts["pending"]),
         "last_error": campaign["last_error"],
         "last_error_at": _iso(campaign["last_error_at"]),
@@ -119,6 +120,9 @@ def format_report(report: dict[str, Any]) -> list[str]:
         f"recipients  {sum(counts.values())}: {counts['ready_to_send']} ready_to_send, "
         f"{counts['failed']} failed, {counts['pending']} pending",
     ]
+    if report["failed_by_code"]:
+        by_code = ", ".join(f"{count} {code}" for code, count in report["failed_by_code"].items())
+        lines.append(f"failed      {by_code}")
     progress = report["progress"]
     if progress:
         pace = (

@@ -7,7 +7,7 @@ open while messages are sent. Outcome writes are set-based (one statement per sl
 
 import io
 import itertools
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,7 +21,14 @@ from campaign_pipeline.store.engine import ROWS_PER_STATEMENT
 from campaign_pipeline.store.records import IdRange, Outcomes, WriteAck
 from campaign_pipeline.store.schema import AUDIENCE_STATUSES, campaign_audience, campaigns
 
-# PostgreSQL: one set-based UPDATE per slice, the outcomes passed as four arrays. Four bind
+_TEXT_ARRAY = postgresql.ARRAY(sa.Text)
+# `number_keepers`' frame: a number several recipients have, and the one it is sent to.
+KEEPER_SCHEMA = {"phone_number": pl.String, "keeper": pl.String}
+
+# What `failed_by_code` counts a failed recipient as when it was failed before codes existed.
+UNKNOWN_CODE = "unknown"
+
+# PostgreSQL: one set-based UPDATE per slice, the outcomes passed as five arrays. Five bind
 # parameters whatever the slice size, so the statement is compiled once (a VALUES list costs
 # SQLAlchemy a compile per row count). It counts what it changed, by status, for the campaign's
 # live counts.
@@ -32,9 +39,10 @@ _UPDATE_FROM_ARRAYS = sa.text(
         SET status = outcome.status,
             sqs_message_id = outcome.sqs_message_id,
             failure_reason = outcome.failure_reason,
+            failure_code = outcome.failure_code,
             updated_at = :now
-        FROM unnest(:ids, :statuses, :message_ids, :reasons)
-            AS outcome(id, status, sqs_message_id, failure_reason)
+        FROM unnest(:ids, :statuses, :message_ids, :reasons, :codes)
+            AS outcome(id, status, sqs_message_id, failure_reason, failure_code)
         WHERE audience.id = outcome.id AND audience.status = 'pending'
         RETURNING audience.status
     )
@@ -44,8 +52,8 @@ _UPDATE_FROM_ARRAYS = sa.text(
     """
 ).bindparams(
     *(
-        sa.bindparam(name, type_=postgresql.ARRAY(sa.Text))
-        for name in ("ids", "statuses", "message_ids", "reasons")
+        sa.bindparam(name, type_=_TEXT_ARRAY)
+        for name in ("ids", "statuses", "message_ids", "reasons", "codes")
     ),
     sa.bindparam("now", type_=sa.DateTime(timezone=True)),
 )
@@ -272,6 +280,7 @@ class Audience:
                 status=sa.bindparam("outcome_status"),
                 sqs_message_id=sa.bindparam("outcome_message_id"),
                 failure_reason=sa.bindparam("outcome_reason"),
+                failure_code=sa.bindparam("outcome_code"),
                 updated_at=now,
             )
         )
@@ -283,8 +292,9 @@ class Audience:
                     "outcome_status": row_status,
                     "outcome_message_id": message_id,
                     "outcome_reason": reason,
+                    "outcome_code": code,
                 }
-                for id_, row_status, message_id, reason in zip(*rows.values(), strict=True)
+                for id_, row_status, message_id, reason, code in zip(*rows.values(), strict=True)
                 if row_status == status
             ]
             if parameters:
@@ -295,6 +305,53 @@ class Audience:
         """How many of the campaign's recipients are in each status."""
         with self.engine.connect() as connection:
             return count_by_status(connection, campaign_id)
+
+    def number_keepers(self, campaign_id: str, phone_numbers: Sequence[str]) -> pl.DataFrame:
+        """Of `phone_numbers`, those several of the campaign's recipients have, and who gets each.
+
+        The recipient a number is sent to is the one already queued, else the smallest audience
+        id. Columns `phone_number` and `keeper`. One statement: on PostgreSQL over the numbers
+        given (an index probe each); on SQLite, which has no arrays, over the whole campaign.
+        """
+        c = campaign_audience.c
+        keeper = sa.func.coalesce(
+            sa.func.min(c.id).filter(c.status == "ready_to_send"), sa.func.min(c.id)
+        )
+        conditions = [c.campaign_id == campaign_id, c.phone_number.is_not(None)]
+        with self.engine.connect() as connection:
+            postgres = connection.dialect.name == "postgresql"
+            if postgres:
+                numbers = sa.bindparam("numbers", list(phone_numbers), type_=_TEXT_ARRAY)
+                conditions.append(c.phone_number == sa.any_(numbers))
+            query = (
+                sa.select(c.phone_number, keeper)
+                .where(*conditions)
+                .group_by(c.phone_number)
+                .having(sa.func.count() > 1)
+            )
+            rows = connection.execute(query).all()
+        keepers = pl.DataFrame(rows, schema=KEEPER_SCHEMA, orient="row")
+        if not postgres:
+            keepers = keepers.filter(pl.col("phone_number").is_in(list(phone_numbers)))
+        return keepers
+
+    def failed_by_code(self, campaign_id: str) -> dict[str, int]:
+        """How many of the campaign's `failed` recipients have each failure code.
+
+        Recipients failed before codes were recorded are counted as `unknown`.
+        """
+        code = sa.func.coalesce(campaign_audience.c.failure_code, UNKNOWN_CODE)
+        query = (
+            sa.select(code, sa.func.count())
+            .where(
+                campaign_audience.c.campaign_id == campaign_id,
+                campaign_audience.c.status == "failed",
+            )
+            .group_by(code)
+            .order_by(code)
+        )
+        with self.engine.connect() as connection:
+            return dict(connection.execute(query).tuples().all())
 
     def progress_since(self, campaign_id: str, since: datetime) -> tuple[int, datetime | None]:
         """Recipients given an outcome since `since` (a run's start), and when the last was."""

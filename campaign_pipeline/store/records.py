@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from campaign_pipeline.failure_codes import FailureCode
 from campaign_pipeline.payloads import CampaignMessage, parse_template_parameters
 
 
@@ -87,13 +88,14 @@ class ControlResult:
 class Outcomes:
     """Final states of recipients as parallel columns: cheap to gather, sent as arrays.
 
-    `ready_to_send` rows carry the SQS message id, `failed` rows the reason.
+    `ready_to_send` rows carry the SQS message id, `failed` rows the reason and its code.
     """
 
     ids: list[str] = field(default_factory=list)
     statuses: list[str] = field(default_factory=list)
     message_ids: list[str | None] = field(default_factory=list)
     failure_reasons: list[str | None] = field(default_factory=list)
+    failure_codes: list[str | None] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -104,13 +106,15 @@ class Outcomes:
         self.statuses += ["ready_to_send"] * len(ids)
         self.message_ids += message_ids
         self.failure_reasons += [None] * len(ids)
+        self.failure_codes += [None] * len(ids)
 
-    def add_failed(self, ids: Sequence[str], reasons: Sequence[str]) -> None:
-        """Recipients that will not be sent, with why."""
+    def add_failed(self, ids: Sequence[str], reasons: Sequence[str], code: FailureCode) -> None:
+        """Recipients that will not be sent, with why (a line each) and the code of it."""
         self.ids += ids
         self.statuses += ["failed"] * len(ids)
         self.message_ids += [None] * len(ids)
         self.failure_reasons += reasons
+        self.failure_codes += [code.value] * len(ids)
 
     def rows(self, start: int, stop: int) -> dict[str, list[Any]]:
         """Columns of rows `start` to `stop`, named as the SQL's parameters."""
@@ -119,6 +123,7 @@ class Outcomes:
             "statuses": self.statuses[start:stop],
             "message_ids": self.message_ids[start:stop],
             "reasons": self.failure_reasons[start:stop],
+            "codes": self.failure_codes[start:stop],
         }
 
 

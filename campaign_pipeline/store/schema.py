@@ -17,6 +17,8 @@ campaigns = sa.Table(
     sa.Column("name", sa.Text, nullable=False, server_default=""),
     sa.Column("status", sa.String(32), nullable=False, server_default="draft"),
     sa.Column("message_type", sa.String(16), nullable=False),
+    # WhatsApp's template category (`categories.CATEGORIES`); NULL is treated as marketing.
+    sa.Column("category", sa.String(16)),
     sa.Column("template_name", sa.Text),
     sa.Column("template_language", sa.Text),
     sa.Column("template_parameters", sa.JSON(none_as_null=True)),
@@ -88,12 +90,16 @@ campaign_audience = sa.Table(
     sa.Column("attributes", sa.JSON(none_as_null=True)),
     sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
     sa.Column("failure_reason", sa.Text),
+    # Set with every `failed` status from failure codes on (`failure_codes.FailureCode`).
+    sa.Column("failure_code", sa.String(32)),
     sa.Column("sqs_message_id", sa.String(100)),
     sa.Column(
         "updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
     ),
     # (campaign_id, status) for counts and pending scans; id last for keyset pagination.
     sa.Index("ix_campaign_audience_campaign_status_id", "campaign_id", "status", "id"),
+    # A campaign's recipients by number: who else has a chunk's numbers (duplicates).
+    sa.Index("ix_campaign_audience_campaign_phone_id", "campaign_id", "phone_number", "id"),
 )
 
 

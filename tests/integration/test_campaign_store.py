@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from campaign_pipeline.errors import CampaignBusy, CampaignNotFound, CampaignNotProcessable
+from campaign_pipeline.failure_codes import FailureCode
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.store.engine import ROWS_PER_STATEMENT, normalise_database_url
 from campaign_pipeline.store.records import Outcomes, StalledCampaign, WriteAck
@@ -20,7 +21,7 @@ INJECTION = "Robert'); DROP TABLE campaign_audience;--"
 def outcomes(sent: dict[str, str] | None = None, failed: dict[str, str] | None = None) -> Outcomes:
     result = Outcomes()
     result.add_sent(list(sent or {}), list((sent or {}).values()))
-    result.add_failed(list(failed or {}), list((failed or {}).values()))
+    result.add_failed(list(failed or {}), list((failed or {}).values()), FailureCode.SQS_REJECTED)
     return result
 
 
@@ -173,8 +174,55 @@ def test_outcomes_are_written_once_and_never_overwritten(store: CampaignStore) -
             )
         }
     assert (rows[first].status, rows[first].sqs_message_id) == ("ready_to_send", "m-1")
+    assert (rows[first].failure_reason, rows[first].failure_code) == (None, None)
     assert (rows[second].status, rows[second].failure_reason) == ("failed", INJECTION)
+    assert rows[second].failure_code == "sqs_rejected"
     assert rows[third].status == "pending"
+
+
+def test_each_failed_recipient_is_recorded_with_its_code_and_counted_by_it(
+    store: CampaignStore,
+) -> None:
+    """The code goes with the reason, in one write of several codes; counts by code include
+    recipients failed before codes existed, as `unknown`."""
+    campaign_id = add_template_campaign(store)
+    add_recipients(store, campaign_id, 5)
+    store.claims.claim(campaign_id, "run-1", lease_seconds=60)
+    first, second, third, fourth, fifth = sorted(statuses(store, campaign_id))
+    written = Outcomes()
+    written.add_sent([first], ["m-1"])
+    written.add_failed([second, third], ["bad number", "bad media URL"], FailureCode.INVALID)
+    written.add_failed([fourth], ["SQS rejected the message (X)"], FailureCode.SQS_REJECTED)
+    store.audience.record_outcomes(campaign_id, "run-1", written, 60)
+    with store.engine.begin() as connection:
+        # As a database written before failure codes holds a failed recipient.
+        connection.execute(
+            campaign_audience.update()
+            .where(campaign_audience.c.id == fifth)
+            .values(status="failed", failure_reason="from before codes")
+        )
+        codes = dict(
+            connection.execute(
+                sa.select(campaign_audience.c.id, campaign_audience.c.failure_code).where(
+                    campaign_audience.c.campaign_id == campaign_id
+                )
+            )
+            .tuples()
+            .all()
+        )
+    assert codes == {
+        first: None,
+        second: "invalid",
+        third: "invalid",
+        fourth: "sqs_rejected",
+        fifth: None,
+    }
+    assert store.audience.failed_by_code(campaign_id) == {
+        "invalid": 2,
+        "sqs_rejected": 1,
+        "unknown": 1,
+    }
+    assert store.audience.failed_by_code(add_template_campaign(store)) == {}
 
 
 def test_outcome_writes_move_the_campaign_counts(store: CampaignStore) -> None:
@@ -303,11 +351,14 @@ def test_id_ranges_split_pending_recipients(
 
 
 def test_create_schema_adds_columns_an_older_database_lacks(store: CampaignStore) -> None:
-    """init-db on a database made before the recovery columns adds them, keeping the rows."""
+    """init-db on a database made before the recovery columns, the campaign's category and the
+    recipients' failure codes adds them, keeping the rows."""
     campaign_id = add_template_campaign(store)
+    add_recipients(store, campaign_id, 2)
     with store.engine.begin() as connection:
-        for column in ("resume_attempts", "last_error_at", "last_error_run_id"):
+        for column in ("resume_attempts", "last_error_at", "last_error_run_id", "category"):
             connection.exec_driver_sql(f"ALTER TABLE campaigns DROP COLUMN {column}")
+        connection.exec_driver_sql("ALTER TABLE campaign_audience DROP COLUMN failure_code")
     store.create_schema()
     row = store.campaigns.get(campaign_id)
     assert (row["resume_attempts"], row["last_error_at"], row["last_error_run_id"]) == (
@@ -315,6 +366,9 @@ def test_create_schema_adds_columns_an_older_database_lacks(store: CampaignStore
         None,
         None,
     )
+    assert row["category"] is None
+    assert store.audience.counts(campaign_id)["pending"] == 2
+    assert store.audience.failed_by_code(campaign_id) == {}
 
 
 def test_takeover_is_a_compare_and_set_on_the_gone_run(store: CampaignStore) -> None:

@@ -157,6 +157,10 @@ def test_process_queues_a_sqlite_campaign_and_records_the_run(
     assert [run.run_id for run in runs] == [summary.group(1)]
     assert runs[0].tags["campaign_id"] == campaign_id
     assert len(drain(sqs_client, env["AWS_SQS_QUEUE_URL"])) == 6
+    status = run_cli("status", campaign_id, "--json", env=env, cwd=tmp_path)
+    assert json.loads(status.stdout)["failed_by_code"] == {"invalid": 2}, status.stderr
+    table = run_cli("status", campaign_id, env=env, cwd=tmp_path).stdout
+    assert "\nfailed      2 invalid\n" in table, table
 
     rerun = run_cli("process", campaign_id, env=env, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr

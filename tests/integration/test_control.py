@@ -31,6 +31,7 @@ from campaign_pipeline.errors import (
     CampaignScheduled,
     CampaignStopped,
 )
+from campaign_pipeline.failure_codes import FailureCode
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.store.records import Outcomes
 from campaign_pipeline.store.schema import CAMPAIGN_STATUSES
@@ -83,7 +84,7 @@ def recipient_ids(store: CampaignStore, campaign_id: str) -> list[str]:
 def handle_a_recipient(store: CampaignStore, campaign_id: str, run_id: str) -> None:
     """Record an outcome (failed) for one recipient, as the run holding the campaign would."""
     outcomes = Outcomes()
-    outcomes.add_failed(recipient_ids(store, campaign_id)[:1], ["bad number"])
+    outcomes.add_failed(recipient_ids(store, campaign_id)[:1], ["bad number"], FailureCode.INVALID)
     store.audience.record_outcomes(campaign_id, run_id, outcomes, lease_seconds=60)
 
 
@@ -191,7 +192,7 @@ def test_resume_after_an_outcome_continues_as_ready_to_launch(
     if outcome == "ready_to_send":
         outcomes.add_sent([first], ["m-1"])
     else:
-        outcomes.add_failed([first], ["bad number"])
+        outcomes.add_failed([first], ["bad number"], FailureCode.INVALID)
     store.audience.record_outcomes(campaign_id, "run-1", outcomes, 60)
     store.claims.release(campaign_id, "run-1")
     store.control.apply(campaign_id, "pause", ACTOR)

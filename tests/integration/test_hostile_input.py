@@ -118,6 +118,15 @@ def too_large(size: int) -> str:
     return f"payload is {size} bytes, over the queue's maximum message size of {MAX_BYTES} bytes"
 
 
+_OWN_PHONES: dict[str, str] = {}
+
+
+def own_phone(audience_id: str) -> str:
+    """A valid number no other recipient of these tests has: one number is one person, and a
+    run sends a number once (the others would be failed as duplicates)."""
+    return _OWN_PHONES.setdefault(audience_id, f"+1555{len(_OWN_PHONES) + 100:07d}")
+
+
 @dataclass(frozen=True)
 class Case:
     """A recipient of `campaign`: the good recipient with `fields` changed, and its reason."""
@@ -129,7 +138,7 @@ class Case:
     def recipient(self, audience_id: str) -> dict[str, Any]:
         return {
             "id": audience_id,
-            "phone_number": GOOD_PHONE,
+            "phone_number": own_phone(audience_id),
             "name": "Ana",
             "attributes": GOOD_ATTRIBUTES[self.campaign],
         } | self.fields

@@ -280,6 +280,51 @@ def test_cli_json_is_the_report_with_real_payloads(
     assert {payload["to"] for payload in document["sample"]} <= {*VALID, BIG}
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_duplicates_are_skipped_in_the_preview_as_the_run_then_skips_them(
+    database: str,
+    request: pytest.FixtureRequest,
+    cli_env: Callable[..., dict[str, str]],
+    make_sqs_queue: Callable[..., SqsQueue],
+    tmp_path: Path,
+) -> None:
+    """Two more recipients with a valid recipient's number: `preview --json` and the text count
+    them as skipped duplicates, not valid ones, and the run fails exactly those two."""
+    store: CampaignStore = request.getfixturevalue(f"{database}_store")
+    campaign_id = add_campaign(store)
+    store.campaigns.add_recipients(
+        campaign_id,
+        [{"phone_number": VALID[0], "name": "Ana", "attributes": {"city": "Lisboa"}}] * 2,
+    )
+    env = cli_env(store)
+
+    document = json.loads(run_cli("preview", campaign_id, "--json", env=env, cwd=tmp_path).stdout)
+    lines = run_cli("preview", campaign_id, env=env, cwd=tmp_path).stdout.splitlines()
+    frame = campaign_pipeline.preview(campaign_id, database_url=str(store.database_url))
+
+    assert (document["recipients"], document["valid"]) == (11, 7)
+    assert document["skipped"] == {"duplicate": 2, "opted_out": 0, "frequency_capped": 0}
+    assert sum(document["invalid"].values()) == 2
+    assert lines[2] == "recipients  11 pending: 7 valid, 2 invalid, 2 skipped"
+    assert "skipped     2 duplicate, 0 opted_out, 0 frequency_capped" in lines
+    skipped = set(frame[frame["failure_code"] == "duplicate"]["campaign_audience_id"])
+    result = run_job(store, make_sqs_queue(fifo=False), campaign_id)
+    assert result.success
+    with store.engine.connect() as connection:
+        failed = dict(
+            connection.execute(
+                sa.select(campaign_audience.c.id, campaign_audience.c.failure_code).where(
+                    campaign_audience.c.campaign_id == campaign_id,
+                    campaign_audience.c.status == "failed",
+                )
+            )
+            .tuples()
+            .all()
+        )
+    assert {id_ for id_, code in failed.items() if code == "duplicate"} == skipped
+    assert len(skipped) == 2
+
+
 @pytest.mark.parametrize(
     ("case", "fragments"),
     [

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 
 from campaign_pipeline.clock import utcnow
+from campaign_pipeline.failure_codes import FailureCode
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.services.status import RunSummary, campaign_report
 from campaign_pipeline.store.records import Outcomes
@@ -33,7 +34,7 @@ def sending_campaign(store: CampaignStore, recipients: int, handled: int) -> str
     ids = chunk["id"].to_list()[:handled]
     outcomes = Outcomes()
     outcomes.add_sent(ids[:-2], [f"m-{i}" for i in range(len(ids) - 2)])
-    outcomes.add_failed(ids[-2:], ["rejected", "rejected"])
+    outcomes.add_failed(ids[-2:], ["rejected", "rejected"], FailureCode.SQS_REJECTED)
     store.audience.record_outcomes(campaign_id, "run-1", outcomes, 60)
     return campaign_id
 

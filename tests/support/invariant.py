@@ -3,10 +3,11 @@
 `check_campaign_invariant` reads a campaign's `campaign_audience` rows through the store's
 engine, drains the queue (receive, delete, until it is empty), and asserts:
 
-- every `ready_to_send` recipient has an `sqs_message_id`, no failure reason, and a drained
+- every `ready_to_send` recipient has an `sqs_message_id`, no failure reason or code, and a drained
   message with that `MessageId` whose body's `campaignAudienceId`, `campaignId` and `to` are the
   recipient's;
-- every `failed` recipient has a non-empty reason, with no phone number in it, and no message id;
+- every `failed` recipient has a non-empty reason, with no phone number in it, a failure code
+  of `FailureCode` (`sqs_rejected` exactly when SQS rejected it), and no message id;
 - `pending` recipients only when the scenario allows them (a run that stopped early): their
   messages may then be in the queue already, sent before the crash window closed;
 - every drained body is JSON valid against `campaign_pipeline/schemas/payload.schema.json` and
@@ -31,12 +32,15 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from campaign_pipeline.failure_codes import FailureCode
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.store.schema import campaign_audience
 from tests.support.payload_schema import payload_validator
 
 # What SQS accepts in a message body (W3C XML characters); anything else it rejects.
 SQS_BODY_CHARACTERS = re.compile("^[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]*$")
+
+FAILURE_CODES = frozenset(code.value for code in FailureCode)
 
 # An E.164 number as SQS might quote it in an error; masked, only its last two digits remain.
 UNMASKED_PHONE_NUMBER = re.compile(r"\+\d{7,}")
@@ -51,6 +55,8 @@ class InvariantReport:
     pending: int
     # audience id -> reason, for failed recipients
     failure_reasons: dict[str, str]
+    # audience id -> failure code, for failed recipients
+    failure_codes: dict[str, str]
     # audience id -> body of the message stored as its sqs_message_id, for ready_to_send ones
     bodies: dict[str, str]
     # audience id -> copies in the queue beyond the first (standard queues only)
@@ -69,6 +75,11 @@ class InvariantReport:
     def reasons(self) -> Counter[str]:
         """How many recipients failed with each reason."""
         return Counter(self.failure_reasons.values())
+
+    @property
+    def codes(self) -> Counter[str]:
+        """How many recipients failed with each failure code."""
+        return Counter(self.failure_codes.values())
 
 
 def drain_queue(
@@ -124,6 +135,7 @@ def _audience_rows(store: CampaignStore, campaign_id: str) -> list[sa.Row[Any]]:
         campaign_audience.c.status,
         campaign_audience.c.sqs_message_id,
         campaign_audience.c.failure_reason,
+        campaign_audience.c.failure_code,
         campaign_audience.c.phone_number,
     ).where(campaign_audience.c.campaign_id == campaign_id)
     with store.engine.connect() as connection:
@@ -201,6 +213,7 @@ def check_campaign_invariant(
 
     bodies: dict[str, str] = {}
     failure_reasons: dict[str, str] = {}
+    failure_codes: dict[str, str] = {}
     for row in rows.values():
         if row.status == "failed":
             if not (row.failure_reason or "").strip():
@@ -211,6 +224,16 @@ def check_campaign_invariant(
                 problems.append(f"failed recipient {row.id}'s reason holds a phone number")
             if row.sqs_message_id is not None:
                 problems.append(f"failed recipient {row.id} has a message id")
+            if row.failure_code not in FAILURE_CODES:
+                problems.append(f"failed recipient {row.id} has failure code {row.failure_code!r}")
+            else:
+                failure_codes[row.id] = row.failure_code
+            rejected = (row.failure_reason or "").startswith("SQS rejected the message")
+            if rejected != (row.failure_code == FailureCode.SQS_REJECTED):
+                problems.append(
+                    f"failed recipient {row.id}: code {row.failure_code!r} does not go with "
+                    f"reason {row.failure_reason!r}"
+                )
         elif row.status == "ready_to_send":
             found = by_message_id.get(row.sqs_message_id or "")
             if found is None:
@@ -227,10 +250,10 @@ def check_campaign_invariant(
                 )
             if payload.get("to") != row.phone_number:
                 problems.append(f"message {row.sqs_message_id} is not addressed to {row.id}")
-            if row.failure_reason is not None:
-                problems.append(f"ready_to_send recipient {row.id} has a failure reason")
+            if row.failure_reason is not None or row.failure_code is not None:
+                problems.append(f"ready_to_send recipient {row.id} has a failure reason or code")
             bodies[row.id] = message["Body"]
-        elif row.sqs_message_id is not None or row.failure_reason is not None:
+        elif any(v is not None for v in (row.sqs_message_id, row.failure_reason, row.failure_code)):
             problems.append(f"pending recipient {row.id} has an outcome recorded")
 
     duplicates = {audience_id: n - 1 for audience_id, n in copies.items() if n > 1}
@@ -264,6 +287,7 @@ def check_campaign_invariant(
         failed=statuses["failed"],
         pending=statuses["pending"],
         failure_reasons=failure_reasons,
+        failure_codes=failure_codes,
         bodies=bodies,
         duplicates=duplicates,
         pending_in_queue=sorted(set(pending_in_queue)),

@@ -75,7 +75,7 @@ def test_dataframe_has_string_columns_a_masked_to_and_a_limit(sqlite_store: Camp
 
     frame = campaign_pipeline.preview(campaign_id, database_url=sqlite_store.database_url)
 
-    columns = ["campaign_audience_id", "to", "payload", "failure_reason"]
+    columns = ["campaign_audience_id", "to", "payload", "failure_reason", "failure_code"]
     assert list(frame.columns) == columns
     assert all(frame[column].dtype == pd.StringDtype() for column in columns)
     assert isinstance(frame.index, pd.RangeIndex)
@@ -90,6 +90,8 @@ def test_dataframe_has_string_columns_a_masked_to_and_a_limit(sqlite_store: Camp
         assert pd.isna(row.payload) != pd.isna(row.failure_reason)
     invalid = frame[frame["failure_reason"].notna()]
     assert len(invalid) == 2 and all(value is pd.NA for value in invalid["payload"])
+    assert list(invalid["failure_code"]) == ["invalid", "invalid"]
+    assert frame["failure_code"].notna().sum() == 2
     assert set(frame["to"]) >= {"***99", "***97", "***98"}
     assert_no_phone_number(frame.drop(columns="payload").to_csv())
     # The payload is the message itself, its number unmasked, as `preview --json` shows it.

@@ -213,5 +213,105 @@ def test_an_entry_sqs_refuses_for_good_fails_with_its_code_and_the_rest_go(
         message, Lease(store.claims, campaign_id, "run-1", 60), store.audience, queue
     ).run()
     assert (stats.queued, stats.failed) == (28, 2)
+    assert stats.failed_by_code == {"sqs_rejected": 2}
     rows = assert_recorded_as_stored(store, campaign_id, client)
     assert {rows[i][0] for i in ids[:2]} == {"failed"}
+    assert set(codes(store, campaign_id).values()) == {None, "sqs_rejected"}
+
+
+def codes(store: CampaignStore, campaign_id: str) -> dict[str, str | None]:
+    """Each recipient's failure_code."""
+    with store.engine.connect() as connection:
+        return dict(
+            connection.execute(
+                sa.select(campaign_audience.c.id, campaign_audience.c.failure_code).where(
+                    campaign_audience.c.campaign_id == campaign_id
+                )
+            )
+            .tuples()
+            .all()
+        )
+
+
+# r000's number is also r005's, r030's, ... (in each chunk of 50); r062 has r061's number.
+SAME_PERSON = (0, 5, 30, 55, 80, 105, 119)
+
+
+def duplicated_campaign(store: CampaignStore) -> tuple[str, list[str]]:
+    """120 recipients, ids r000..r119 in order: `SAME_PERSON` share a number, r061 and r062
+    share another, r090's number is invalid."""
+    campaign_id = add_template_campaign(store)
+    rows = []
+    for i in range(120):
+        number = f"+1555{i:07d}"
+        if i in SAME_PERSON:
+            number = "+15550000000"
+        elif i == 62:
+            number = "+15550000061"
+        elif i == 90:
+            number = "15550000090"
+        rows.append({"id": f"r{i:03d}", "phone_number": number, "name": f"R{i}"})
+    store.campaigns.add_recipients(campaign_id, rows)
+    return campaign_id, [row["id"] for row in rows]
+
+
+def test_duplicates_over_several_chunks_are_sent_once_to_the_smallest_id(
+    store: CampaignStore,
+) -> None:
+    """Chunks of 50: r000's number recurs in every chunk; each duplicate names its keeper."""
+    client = FakeSqsClient()
+    campaign_id, _ = duplicated_campaign(store)
+    message = store.claims.claim(campaign_id, "run-1", 60).message
+    queue = SqsBatchQueue(client, QUEUE_URL, concurrency=CALLS_IN_FLIGHT)
+    lease = Lease(store.claims, campaign_id, "run-1", 60)
+    stats = ShardSend(
+        message, lease, store.audience, queue, recipients_per_chunk=50, outcomes_per_write=10
+    ).run()
+    duplicates = {f"r{i:03d}" for i in SAME_PERSON[1:]} | {"r062"}
+    assert (stats.queued, stats.failed) == (120 - len(duplicates) - 1, len(duplicates) + 1)
+    assert stats.failed_by_code == {"duplicate": len(duplicates), "invalid": 1}
+    rows = assert_recorded_as_stored(store, campaign_id, client)
+    assert {id_ for id_, (status, _) in rows.items() if status == "failed"} == duplicates | {"r090"}
+    assert "r000" in client.stored and "r061" in client.stored
+    with store.engine.connect() as connection:
+        reasons = dict(
+            connection.execute(
+                sa.select(campaign_audience.c.id, campaign_audience.c.failure_reason).where(
+                    campaign_audience.c.campaign_id == campaign_id,
+                    campaign_audience.c.failure_code == "duplicate",
+                )
+            )
+            .tuples()
+            .all()
+        )
+    keeper_is_r000 = "duplicate of recipient r000 (the same phone number)"
+    assert reasons["r005"] == reasons["r119"] == keeper_is_r000
+    assert reasons["r062"] == "duplicate of recipient r061 (the same phone number)"
+
+
+def test_a_recipient_added_after_its_number_was_sent_is_a_duplicate_of_the_sent_one(
+    store: CampaignStore,
+) -> None:
+    """A rerun after r000 was queued: a new recipient with its number and a smaller id is not
+    sent (the queued one keeps the number), and neither is a resend of anyone."""
+    client = FakeSqsClient()
+    campaign_id, _ = duplicated_campaign(store)
+    message = store.claims.claim(campaign_id, "run-1", 60).message
+    queue = SqsBatchQueue(client, QUEUE_URL, concurrency=CALLS_IN_FLIGHT)
+    ShardSend(message, Lease(store.claims, campaign_id, "run-1", 60), store.audience, queue).run()
+    store.claims.release(campaign_id, "run-1")
+    sent = dict(client.stored)
+    store.campaigns.add_recipients(
+        campaign_id,
+        [
+            {"id": "a-first", "phone_number": "+15550000000", "name": "again"},
+            {"id": "a-new", "phone_number": "+15559999999", "name": "new"},
+        ],
+    )
+    message = store.claims.claim(campaign_id, "run-2", 60).message
+    stats = ShardSend(
+        message, Lease(store.claims, campaign_id, "run-2", 60), store.audience, queue
+    ).run()
+    assert (stats.queued, stats.failed_by_code) == (1, {"duplicate": 1})
+    assert client.stored == sent | {"a-new": client.stored["a-new"]}
+    assert codes(store, campaign_id)["a-first"] == "duplicate"

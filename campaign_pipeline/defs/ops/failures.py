@@ -53,6 +53,11 @@ def reasons_table(stats: SendStats) -> dg.MetadataValue:
     )
 
 
+def codes_metadata(stats: SendStats) -> dg.MetadataValue:
+    """Failed recipients by failure code (invalid, duplicate, ...), as JSON."""
+    return dg.MetadataValue.json(dict(sorted(stats.failed_by_code.items())))
+
+
 def send_metadata(stats: SendStats, queue_url: str) -> dict[str, dg.MetadataValue]:
     """A send step's counts, rate and queue, for its output or its failure."""
     return {
@@ -60,6 +65,7 @@ def send_metadata(stats: SendStats, queue_url: str) -> dict[str, dg.MetadataValu
         "queued": dg.MetadataValue.int(stats.queued),
         "failed": dg.MetadataValue.int(stats.failed),
         "failed_by_reason": reasons_table(stats),
+        "failed_by_code": codes_metadata(stats),
         "batches": dg.MetadataValue.int(stats.batches),
         "retried_entries": dg.MetadataValue.int(stats.retried_entries),
         "duration_s": dg.MetadataValue.float(round(stats.seconds, 3)),

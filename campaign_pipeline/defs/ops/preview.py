@@ -72,6 +72,7 @@ def preview_metadata(report: PreviewReport) -> dict[str, dg.MetadataValue]:
         "valid": dg.MetadataValue.int(report.valid),
         "invalid": dg.MetadataValue.int(report.invalid),
         "invalid_by_reason": _reasons_table(report),
+        "skipped": dg.MetadataValue.json(report.as_dict()["skipped"]),
         "max_message_bytes": dg.MetadataValue.int(report.max_message_bytes),
         "max_message_bytes_source": dg.MetadataValue.text(report.max_message_bytes_source),
         "sample": _sample_table(report),
@@ -94,12 +95,13 @@ def preview_campaign_payloads(
         )
     context.log.info(
         f"Campaign {report.campaign_id}: {report.recipients} pending recipients, "
-        f"{report.valid} valid, {report.invalid} invalid"
+        f"{report.valid} valid, {report.invalid} invalid, {sum(report.skipped.values())} skipped"
     )
     # The counts only: the output is stored by the IO manager, and payloads hold phone numbers.
     counts = {
         "recipients": report.recipients,
         "valid": report.valid,
         "invalid": dict(report.reasons()),
+        "skipped": report.as_dict()["skipped"],
     }
     return dg.Output(counts, metadata=preview_metadata(report))

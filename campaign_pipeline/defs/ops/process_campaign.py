@@ -8,7 +8,12 @@ import dagster as dg
 from campaign_pipeline.clock import utcnow
 from campaign_pipeline.defs.executor import send_steps_at_once
 from campaign_pipeline.defs.ops.config import CampaignConfig, CampaignShard, ClaimedCampaign
-from campaign_pipeline.defs.ops.failures import as_dagster_failures, reasons_table, send_metadata
+from campaign_pipeline.defs.ops.failures import (
+    as_dagster_failures,
+    codes_metadata,
+    reasons_table,
+    send_metadata,
+)
 from campaign_pipeline.defs.partitions import file_run_under_campaign
 from campaign_pipeline.defs.tags import (
     STOPPED_TAG,
@@ -255,6 +260,7 @@ def complete_campaign(
         "queued_this_run": dg.MetadataValue.int(stats.queued),
         "failed_this_run": dg.MetadataValue.int(stats.failed),
         "failed_by_reason": reasons_table(stats),
+        "failed_by_code": codes_metadata(stats),
         "resumed": dg.MetadataValue.bool(campaign.resumed),
         "this_run": dg.MetadataValue.md(
             f"{stats.queued} queued and {stats.failed} failed by {len(shard_stats)} send steps, "
