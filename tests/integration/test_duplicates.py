@@ -99,6 +99,9 @@ def test_duplicates_across_shards_and_chunks_of_the_multiprocess_executor_are_se
     run_config = campaign_run_config(
         campaign_id, processes=2, recipients_per_shard=30, recipients_per_chunk=10
     )
+    # Spawned, not forked from the forkserver: a forkserver keeps the environment of the
+    # first run of this process, so the next test's run would send to this test's queue.
+    run_config["execution"]["config"]["multiprocess"]["start_method"] = {"spawn": {}}
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
         result = dg.execute_job(
             dg.reconstructable(definitions_job), instance=instance, run_config=run_config
