@@ -112,7 +112,7 @@ def reset(database_url: str, campaign_ids: Sequence[str]) -> None:
     with psycopg.connect(database_url) as connection:
         connection.execute(
             "UPDATE campaign_audience SET status = 'pending', sqs_message_id = NULL, "
-            "failure_reason = NULL WHERE campaign_id = ANY(%s)",
+            "failure_reason = NULL, failure_code = NULL WHERE campaign_id = ANY(%s)",
             (list(campaign_ids),),
         )
         connection.execute(

@@ -215,6 +215,10 @@ class WatchedAudience:
         """`Audience.pending_chunks`."""
         return self.audience.pending_chunks(campaign_id, chunk_size, id_range)
 
+    def number_keepers(self, campaign_id: str, phone_numbers: Sequence[str]) -> pl.DataFrame:
+        """`Audience.number_keepers`."""
+        return self.audience.number_keepers(campaign_id, phone_numbers)
+
     def record_outcomes(
         self, campaign_id: str, run_id: str, outcomes: Outcomes, lease_seconds: float
     ) -> WriteAck:
@@ -329,6 +333,7 @@ def measure_once(
             Lease(claims, campaign_id, run_id, lease_seconds),
             watched_audience,
             resource.batch_queue(client),
+            store.suppressions,
             recipients_per_chunk=_config_default("recipients_per_chunk"),
             outcomes_per_write=_config_default("outcomes_per_write"),
         )

@@ -68,6 +68,7 @@ def main() -> None:
                 Lease(store.claims, campaign_id, f"run-{repeat}", DEFAULTS.lease_seconds),
                 store.audience,
                 sink,
+                store.suppressions,
                 recipients_per_chunk=DEFAULTS.recipients_per_chunk,
                 outcomes_per_write=DEFAULTS.outcomes_per_write,
             ).run()

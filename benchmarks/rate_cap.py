@@ -183,6 +183,7 @@ def measure(
             Lease(store.claims, campaign_id, run_id, lease_seconds),
             store.audience,
             resource.batch_queue(client),
+            store.suppressions,
             recipients_per_chunk=_config_default("recipients_per_chunk"),
             outcomes_per_write=_config_default("outcomes_per_write"),
             max_messages_per_second=cap,

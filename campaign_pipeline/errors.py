@@ -20,6 +20,8 @@ CampaignPipelineError
 ├── TokenError                  an API token (or where tokens come from) is unusable
 ├── BrokerUnreachable           the Celery broker does not answer
 ├── InvalidCampaignId           the text given as a campaign id is not a UUID
+├── InvalidSuppression          an organization, number or scope to suppress is unusable
+├── SuppressionFileError        a file of numbers to suppress cannot be read
 └── DemoUnavailable             the demo cannot start (its database, its local SQS server)
 ```
 
@@ -119,6 +121,14 @@ class BrokerUnreachable(CampaignPipelineError):
 
 class InvalidCampaignId(CampaignPipelineError, ValueError):
     """The text given as a campaign id is not a UUID."""
+
+
+class InvalidSuppression(CampaignPipelineError, ValueError):
+    """An organization id, phone number or scope given to suppress cannot be used."""
+
+
+class SuppressionFileError(CampaignPipelineError):
+    """A file of numbers to suppress cannot be read; nothing of it was added."""
 
 
 class DemoUnavailable(CampaignPipelineError):

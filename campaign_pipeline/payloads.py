@@ -14,7 +14,9 @@ from typing import Any
 
 import polars as pl
 
+from campaign_pipeline.categories import DEFAULT_CATEGORY
 from campaign_pipeline.errors import CampaignDefinitionError
+from campaign_pipeline.phone_numbers import phone_number_reason
 
 MEDIA_TYPES = ("image", "video", "document", "audio")
 MESSAGE_TYPES = ("template", "text", *MEDIA_TYPES)
@@ -24,8 +26,6 @@ TEMPLATE_PARAMETER_TYPES = ("header", "body", "button")
 TEXT_MAX_CHARS = 4096
 CAPTION_MAX_CHARS = 1024
 
-# E.164: a '+', then 8 to 15 digits, the first not 0. ASCII digits only, not Unicode ones.
-E164_PATTERN = r"^\+[1-9][0-9]{7,14}$"
 # SendMessageBatch entry ids: alphanumerics, hyphens and underscores, at most 80 characters.
 BATCH_ENTRY_ID_PATTERN = r"^[A-Za-z0-9_-]{1,80}$"
 # No whitespace or control characters after the host: they are not URL characters, and the
@@ -50,7 +50,10 @@ RECIPIENT_SCHEMA: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class CampaignMessage:
-    """The campaign-level part of every payload, as stored with the campaign."""
+    """The campaign-level part of every payload, as stored with the campaign.
+
+    `category` is not in the payload: it says which suppressions and caps hold for it.
+    """
 
     campaign_id: str
     organization_id: str
@@ -61,6 +64,7 @@ class CampaignMessage:
     message_content: str | None = None
     media_url: str | None = None
     caption: str | None = None
+    category: str = DEFAULT_CATEGORY
 
 
 def parse_template_parameters(raw: Any) -> tuple[Mapping[str, Any], ...]:
@@ -158,22 +162,6 @@ def _fill(template: str | None) -> _Filled:
         return _Filled(pl.lit(template), pl.lit(None, dtype=pl.String))
     pieces.append(pl.lit(template[position:]))
     return _Filled(pl.concat_str(pieces), pl.coalesce(reasons))
-
-
-def _phone_number_reason() -> pl.Expr:
-    phone = pl.col("phone_number")
-    return (
-        pl.when(phone.is_null() | (phone == ""))
-        .then(pl.lit("phone number is missing"))
-        .when(~phone.str.starts_with("+"))
-        .then(pl.lit("phone number must start with '+' (E.164)"))
-        .when(~phone.str.contains(r"^\+[0-9]+$"))
-        .then(pl.lit("phone number may contain only the digits 0-9 after '+'"))
-        .when(~phone.str.len_bytes().is_between(9, 16))
-        .then(pl.lit("phone number must have 8 to 15 digits"))
-        .when(~phone.str.contains(E164_PATTERN))
-        .then(pl.lit("phone number must not start with 0 after '+'"))
-    )
 
 
 def _attributes_reason() -> pl.Expr:
@@ -296,7 +284,7 @@ def build_payloads(
         pl.when(pl.col("id").is_null() | ~pl.col("id").str.contains(BATCH_ENTRY_ID_PATTERN)).then(
             pl.lit("audience id is not a valid SQS batch entry id")
         ),
-        _phone_number_reason(),
+        phone_number_reason(pl.col("phone_number")),
         _attributes_reason(),
         *body_reasons,
     ]

@@ -81,7 +81,7 @@ def send_shard(
     """
     batch_queue = queue.batch_queue() if isinstance(queue, SqsQueue) else queue
     lease = Lease(store.claims, message.campaign_id, run_id, lease_seconds)
-    send = ShardSend(message, lease, store.audience, batch_queue, **options)  # type: ignore[arg-type]
+    send = ShardSend(message, lease, store.audience, batch_queue, store.suppressions, **options)  # type: ignore[arg-type]
     return send.run(stop)
 
 

@@ -21,7 +21,7 @@ from campaign_pipeline.api.caches import RecentRuns, RecentSqsStatus
 from campaign_pipeline.api.dependencies import ApiSettings, ApiState
 from campaign_pipeline.api.error_handlers import install_error_handlers
 from campaign_pipeline.api.middleware import BoundedRequests
-from campaign_pipeline.api.routes import campaigns, control, health, preview, sqs
+from campaign_pipeline.api.routes import campaigns, control, health, preview, sqs, suppressions
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.services.dagster_client import DagsterWebserver
 
@@ -58,6 +58,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
     app.add_middleware(BoundedRequests, max_body_bytes=settings.max_body_bytes)
     install_error_handlers(app, settings.database_url)
     # sqs-status before the campaign routes: `{campaign_id}` would take its path.
-    for routes in (health, sqs, campaigns, control, preview):
+    for routes in (health, sqs, campaigns, control, preview, suppressions):
         app.include_router(routes.router)
     return app

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from campaign_pipeline.api import models
 from campaign_pipeline.errors import (
@@ -23,6 +24,7 @@ from campaign_pipeline.errors import (
     CampaignNotProcessable,
     DagsterError,
     DagsterUnavailable,
+    InvalidSuppression,
     PreviewError,
 )
 from campaign_pipeline.text import database_reason, display_database_url, one_line
@@ -43,6 +45,8 @@ STATUSES: tuple[tuple[type[Exception], int], ...] = (
     (DagsterUnavailable, 503),
     # Dagster answered, but with an error of its own (a refused run config, say).
     (DagsterError, 502),
+    # An organization id, number or scope to suppress that cannot be used.
+    (InvalidSuppression, 422),
 )
 
 
@@ -82,6 +86,16 @@ def _validation_message(error: RequestValidationError) -> str:
     return f"{place}: {first.get('msg', 'invalid')}"
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the application answers on the request's path."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI, database_url: str) -> None:
     """Every failure becomes `{"error": ...}` with the status that says what kind it is."""
     shown_database = display_database_url(database_url)
@@ -111,7 +125,11 @@ def install_error_handlers(app: FastAPI, database_url: str) -> None:
             405: f"{request.method} is not allowed on {request.url.path}",
         }
         message = messages.get(error.status_code, str(error.detail))
-        return error_response(error.status_code, message, getattr(error, "headers", None))
+        headers = getattr(error, "headers", None)
+        if error.status_code == 405:
+            # Starlette names only the first route's methods; the path may have several.
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        return error_response(error.status_code, message, headers)
 
     async def database_error(_request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, sa.exc.SQLAlchemyError)

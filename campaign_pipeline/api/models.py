@@ -5,9 +5,14 @@ The response models mirror the CLI's `--json` documents (`status`, `preview`) fi
 answer against them, so the document cannot drift from what is sent.
 """
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from campaign_pipeline.phone_numbers import E164_PATTERN
+
+# Numbers one POST may suppress: the body stays under the server's 16 KiB; more: `suppress import`.
+MAX_NUMBERS_PER_REQUEST = 500
 
 
 class Body(BaseModel):
@@ -136,3 +141,43 @@ class Health(BaseModel):
     campaign_store: bool
     sqs: bool
     dagster: bool
+
+
+class SuppressRequest(Body):
+    """Numbers to suppress for the organization: all valid E.164, or nothing is added."""
+
+    phone_numbers: list[Annotated[str, Field(pattern=E164_PATTERN)]] = Field(
+        min_length=1,
+        max_length=MAX_NUMBERS_PER_REQUEST,
+        description="E.164 numbers (+ and 8 to 15 digits); one malformed refuses them all",
+    )
+    scope: Literal["marketing", "all"] = Field(
+        "marketing", description="marketing: no marketing campaign; all: no campaign"
+    )
+    reason: str | None = Field(None, description="why, for the record (one line)")
+
+
+class SuppressionEntry(BaseModel):
+    """One suppressed number (`suppress list --json`)."""
+
+    phone_number: str
+    scope: str
+    reason: str | None
+    source: str | None
+    created_at: str
+
+
+class SuppressionsAdded(BaseModel):
+    """What a POST of numbers did."""
+
+    organization_id: str
+    scope: str
+    added: int = Field(description="numbers new to the list")
+    present: int = Field(description="numbers already on it (an `all` widens a `marketing` one)")
+
+
+class SuppressionRemoved(BaseModel):
+    """A number taken off the list."""
+
+    organization_id: str
+    removed: int

@@ -12,6 +12,7 @@ from campaign_pipeline.store.campaigns import Campaigns
 from campaign_pipeline.store.claims import Claims
 from campaign_pipeline.store.control import Control
 from campaign_pipeline.store.database import CampaignDatabase
+from campaign_pipeline.store.suppressions import Suppressions
 from campaign_pipeline.store.sweeps import Sweeps
 
 
@@ -71,6 +72,11 @@ class CampaignStore(dg.ConfigurableResource):
     def control(self) -> Control:
         """Operators' commands."""
         return self.database.control
+
+    @property
+    def suppressions(self) -> Suppressions:
+        """Organizations' opt-outs."""
+        return self.database.suppressions
 
     def create_schema(self) -> None:
         """Create or upgrade the tables."""

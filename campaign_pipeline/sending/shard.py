@@ -17,6 +17,7 @@ import polars as pl
 
 from campaign_pipeline.batching import batch_slices
 from campaign_pipeline.errors import IncompleteAnswer, SendInterrupted
+from campaign_pipeline.failure_codes import FailureCode
 from campaign_pipeline.payloads import CampaignMessage, build_payloads
 from campaign_pipeline.sending.guards import (
     PreflightCount,
@@ -26,7 +27,12 @@ from campaign_pipeline.sending.guards import (
 from campaign_pipeline.sending.lease import Lease, LeaseWatch
 from campaign_pipeline.sending.outcomes import OutcomeRecorder, OutcomeWriter
 from campaign_pipeline.sending.pacing import Pacer
-from campaign_pipeline.sending.skips import SkipLookups, apply_skips
+from campaign_pipeline.sending.skips import (
+    SkipLookups,
+    SuppressionLookups,
+    SuppressionWatch,
+    apply_skips,
+)
 from campaign_pipeline.sending.stats import SendStats
 from campaign_pipeline.sending.stop import StopSignal, run_until_interrupted
 from campaign_pipeline.sqs import BatchResult
@@ -97,6 +103,7 @@ class ShardSend:
     lease: Lease
     audience: PendingAudience
     queue: BatchQueue
+    suppressions: SuppressionLookups
     id_range: IdRange | None = None
     recipients_per_chunk: int = 50_000
     outcomes_per_write: int = 1_000
@@ -176,7 +183,9 @@ class ShardSend:
     def _prepared(self, chunk: pl.DataFrame, max_bytes: int) -> pl.DataFrame:
         """The chunk's payloads, with every recipient that is not to be sent failed and coded."""
         built = build_payloads(self.message, chunk, max_bytes)
-        return apply_skips(self.audience, self.message.campaign_id, built, chunk["phone_number"])
+        return apply_skips(
+            self.audience, self.suppressions, self.message, built, chunk["phone_number"]
+        )
 
     def _send_chunks(
         self,
@@ -198,6 +207,8 @@ class ShardSend:
 
         campaign_id = self.message.campaign_id
         max_bytes = self.queue.max_message_bytes()
+        # Before the first chunk is checked: nothing suppressed from then on is missed.
+        late = SuppressionWatch.starting_now(self.suppressions, self.message)
         chunks = self.audience.pending_chunks(campaign_id, self.recipients_per_chunk, self.id_range)
         all_built: Iterator[pl.DataFrame]
         all_built = _prefetched(self._prepared(chunk, max_bytes) for chunk in chunks)
@@ -213,7 +224,7 @@ class ShardSend:
             recorder.add_skipped(built.filter(pl.col("failure_code").is_not_null()))
             valid = built.filter(pl.col("failure_code").is_null())
             error: Exception | None = None
-            batches = _batches(valid, max_bytes, keep_sending, pacer)
+            batches = _batches(valid, max_bytes, keep_sending, pacer, late, recorder.add_skipped)
             for result in self.queue.send_batches(campaign_id, batches, fair_group_id):
                 stats.batches += 1
                 stats.retried_entries += result.retried_entries
@@ -246,13 +257,39 @@ def _batches(
     max_bytes: int,
     keep_going: Callable[[], bool],
     pacer: Pacer | None = None,
+    late: SuppressionWatch | None = None,
+    skip: Callable[[pl.DataFrame], None] = lambda skipped: None,
 ) -> Iterator[tuple[list[str], list[str]]]:
+    """The valid recipients' (ids, bodies) in batches, as they may be sent now.
+
+    A number suppressed since the send started (`late`) is left out of the batch and handed
+    to `skip` as `opted_out` instead.
+    """
     ids = valid["id"].to_list()
     bodies = valid["payload"].to_list()
+    numbers = valid["phone_number"].to_list() if late is not None else []
     for batch in batch_slices(valid["payload"].str.len_bytes().to_numpy(), max_bytes):
         if not keep_going():
             return
+        batch_ids, batch_bodies = ids[batch], bodies[batch]
+        if late is not None and (reasons := late.late()):
+            suppressed = [i for i, number in enumerate(numbers[batch]) if number in reasons]
+            if suppressed:
+                skip(
+                    pl.DataFrame(
+                        {
+                            "id": [batch_ids[i] for i in suppressed],
+                            "failure_reason": [reasons[numbers[batch][i]] for i in suppressed],
+                            "failure_code": [FailureCode.OPTED_OUT.value] * len(suppressed),
+                        }
+                    )
+                )
+                kept = sorted(set(range(len(batch_ids))) - set(suppressed))
+                batch_ids = [batch_ids[i] for i in kept]
+                batch_bodies = [batch_bodies[i] for i in kept]
+                if not batch_ids:
+                    continue
         # Paced here, where batches are handed out: the calls in flight stay concurrent.
-        if pacer is not None and not pacer.take(batch.stop - batch.start, keep_going):
+        if pacer is not None and not pacer.take(len(batch_ids), keep_going):
             return
-        yield ids[batch], bodies[batch]
+        yield batch_ids, batch_bodies

@@ -166,7 +166,12 @@ def _built_chunks(
     """Each chunk of pending recipients with its payloads and skips, as a run would decide."""
     for chunk in store.audience.pending_chunks(campaign.id, chunk_size):
         built = build_payloads(campaign.message, chunk, max_message_bytes)
-        yield chunk, apply_skips(store.audience, campaign.id, built, chunk["phone_number"])
+        yield (
+            chunk,
+            apply_skips(
+                store.audience, store.suppressions, campaign.message, built, chunk["phone_number"]
+            ),
+        )
 
 
 @dataclass

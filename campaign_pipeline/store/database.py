@@ -8,6 +8,7 @@ from campaign_pipeline.store.claims import Claims
 from campaign_pipeline.store.control import Control
 from campaign_pipeline.store.engine import default_database_url, make_engine
 from campaign_pipeline.store.schema import create_schema
+from campaign_pipeline.store.suppressions import Suppressions
 from campaign_pipeline.store.sweeps import Sweeps
 
 
@@ -15,7 +16,8 @@ class CampaignDatabase:
     """The store's parts over one engine: campaigns, claims, audience, sweeps, control.
 
     `claims` serve a run's claim and lease, `audience` its pending stream and outcome writes,
-    `sweeps` the sensors, `control` the operators, `campaigns` everyone who reads a row.
+    `sweeps` the sensors, `control` the operators, `campaigns` everyone who reads a row,
+    `suppressions` the organizations' opt-outs.
     """
 
     def __init__(self, engine: sa.Engine) -> None:
@@ -25,6 +27,7 @@ class CampaignDatabase:
         self.audience = Audience(engine)
         self.sweeps = Sweeps(engine)
         self.control = Control(engine)
+        self.suppressions = Suppressions(engine)
 
     @classmethod
     def connect(cls, url: str | None = None) -> "CampaignDatabase":

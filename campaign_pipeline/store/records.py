@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from campaign_pipeline.categories import category_of
 from campaign_pipeline.failure_codes import FailureCode
 from campaign_pipeline.payloads import CampaignMessage, parse_template_parameters
 
@@ -143,4 +144,5 @@ def campaign_message(row: Mapping[Any, Any]) -> CampaignMessage:
         message_content=row["message_content"],
         media_url=row["media_url"],
         caption=row["caption"],
+        category=category_of(row.get("category")),
     )

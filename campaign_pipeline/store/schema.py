@@ -102,6 +102,24 @@ campaign_audience = sa.Table(
     sa.Index("ix_campaign_audience_campaign_phone_id", "campaign_id", "phone_number", "id"),
 )
 
+# Numbers an organization must not message (opted out): `marketing` holds for marketing
+# campaigns, `all` for every one (see `store.suppressions`).
+suppressions = sa.Table(
+    "suppressions",
+    metadata,
+    sa.Column("organization_id", sa.String(36), primary_key=True),
+    sa.Column("phone_number", sa.Text, primary_key=True),
+    sa.Column("scope", sa.String(16), nullable=False, server_default="marketing"),
+    sa.Column("reason", sa.Text),
+    # Who added it: "cli alice@host", "api #2", "import optouts.csv", ...
+    sa.Column("source", sa.Text),
+    sa.Column(
+        "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+    ),
+    # What a send has not seen yet: the organization's suppressions since its last look.
+    sa.Index("ix_suppressions_organization_created_at", "organization_id", "created_at"),
+)
+
 
 def create_schema(engine: sa.Engine) -> None:
     """Create the tables and indexes that do not exist yet, and columns added since."""

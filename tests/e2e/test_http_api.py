@@ -400,6 +400,48 @@ def test_preview_is_the_cli_document(api: ApiStack) -> None:
     assert document == cli_json(api, "preview", campaign_id, "--limit", "3")
 
 
+def test_suppressions_are_listed_with_a_read_token_and_changed_with_an_operator_token(
+    api: ApiStack,
+) -> None:
+    """The suppression endpoints as `suppress` does it: all or nothing, recorded by token."""
+    organization = f"org-{uuid.uuid4().hex[:8]}"
+    path = f"/api/organizations/{organization}/suppressions"
+    numbers = ["+14155550123", "+14155550124"]
+    with api.client(READ_TOKEN) as reader, api.client() as operator, api.client(None) as anyone:
+        assert anyone.get(path).status_code == 401
+        refused = reader.post(path, json={"phone_numbers": numbers})
+        assert refused.status_code == 403, refused.text
+        added = operator.post(path, json={"phone_numbers": numbers, "reason": "replied STOP"})
+        assert added.status_code == 200, added.text
+        assert added.json() == {
+            "organization_id": organization,
+            "scope": "marketing",
+            "added": 2,
+            "present": 0,
+        }
+        widened = operator.post(path, json={"phone_numbers": numbers[:1], "scope": "all"})
+        assert widened.json()["present"] == 1
+        malformed = operator.post(path, json={"phone_numbers": ["+14155550125", "4155550126"]})
+        assert malformed.status_code == 422
+        assert "4155550126" not in malformed.text and set(malformed.json()) == {"error"}
+        listed = reader.get(path)
+        assert listed.status_code == 200, listed.text
+        assert [(s["phone_number"], s["scope"], s["reason"]) for s in listed.json()] == [
+            (numbers[0], "all", "replied STOP"),
+            (numbers[1], "marketing", "replied STOP"),
+        ]
+        assert re.fullmatch(r"api token #\d+ from 127\.0\.0\.1", listed.json()[0]["source"])
+        assert cli_json(api, "suppress", "list", organization) == listed.json()
+        assert reader.delete(f"{path}/%2B14155550123").status_code == 403
+        removed = operator.delete(f"{path}/%2B14155550123")
+        assert removed.status_code == 200, removed.text
+        assert removed.json() == {"organization_id": organization, "removed": 1}
+        gone = operator.delete(f"{path}/%2B14155550123")
+        assert gone.status_code == 404
+        assert gone.json() == {"error": f"***23 is not suppressed for organization {organization}"}
+        assert [s["phone_number"] for s in reader.get(path).json()] == numbers[1:]
+
+
 def test_a_server_without_dagster_or_sqs_says_so(api: ApiStack) -> None:
     closed = f"http://127.0.0.1:{free_port()}"
     env = api.env | {

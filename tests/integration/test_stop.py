@@ -137,7 +137,13 @@ def claimed_campaign(store: CampaignStore, run_id: str = "run-1") -> tuple[str, 
 def shard_send(store: CampaignStore, queue: BatchQueue, message: Any) -> ShardSend:
     lease = Lease(store.claims, message.campaign_id, "run-1", LEASE_SECONDS)
     return ShardSend(
-        message, lease, store.audience, queue, recipients_per_chunk=100, outcomes_per_write=10
+        message,
+        lease,
+        store.audience,
+        queue,
+        store.suppressions,
+        recipients_per_chunk=100,
+        outcomes_per_write=10,
     )
 
 

@@ -233,6 +233,7 @@ def send(
         lease,
         store.audience,
         queue,
+        store.suppressions,
         recipients_per_chunk=1_000,
         outcomes_per_write=100,
         max_messages_per_second=cap,

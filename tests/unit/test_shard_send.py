@@ -107,7 +107,13 @@ def shard_send(
     queue = SqsBatchQueue(client, QUEUE_URL, concurrency=CALLS_IN_FLIGHT)
     lease = Lease(store.claims, campaign_id, "run-1", 60)
     send = ShardSend(
-        message, lease, store.audience, queue, recipients_per_chunk=50, outcomes_per_write=10
+        message,
+        lease,
+        store.audience,
+        queue,
+        store.suppressions,
+        recipients_per_chunk=50,
+        outcomes_per_write=10,
     )
     return campaign_id, send
 
@@ -210,7 +216,11 @@ def test_an_entry_sqs_refuses_for_good_fails_with_its_code_and_the_rest_go(
     message = store.claims.claim(campaign_id, "run-1", 60).message
     queue = SqsBatchQueue(client, QUEUE_URL, concurrency=CALLS_IN_FLIGHT)
     stats = ShardSend(
-        message, Lease(store.claims, campaign_id, "run-1", 60), store.audience, queue
+        message,
+        Lease(store.claims, campaign_id, "run-1", 60),
+        store.audience,
+        queue,
+        store.suppressions,
     ).run()
     assert (stats.queued, stats.failed) == (28, 2)
     assert stats.failed_by_code == {"sqs_rejected": 2}
@@ -265,7 +275,13 @@ def test_duplicates_over_several_chunks_are_sent_once_to_the_smallest_id(
     queue = SqsBatchQueue(client, QUEUE_URL, concurrency=CALLS_IN_FLIGHT)
     lease = Lease(store.claims, campaign_id, "run-1", 60)
     stats = ShardSend(
-        message, lease, store.audience, queue, recipients_per_chunk=50, outcomes_per_write=10
+        message,
+        lease,
+        store.audience,
+        queue,
+        store.suppressions,
+        recipients_per_chunk=50,
+        outcomes_per_write=10,
     ).run()
     duplicates = {f"r{i:03d}" for i in SAME_PERSON[1:]} | {"r062"}
     assert (stats.queued, stats.failed) == (120 - len(duplicates) - 1, len(duplicates) + 1)
@@ -298,7 +314,13 @@ def test_a_recipient_added_after_its_number_was_sent_is_a_duplicate_of_the_sent_
     campaign_id, _ = duplicated_campaign(store)
     message = store.claims.claim(campaign_id, "run-1", 60).message
     queue = SqsBatchQueue(client, QUEUE_URL, concurrency=CALLS_IN_FLIGHT)
-    ShardSend(message, Lease(store.claims, campaign_id, "run-1", 60), store.audience, queue).run()
+    ShardSend(
+        message,
+        Lease(store.claims, campaign_id, "run-1", 60),
+        store.audience,
+        queue,
+        store.suppressions,
+    ).run()
     store.claims.release(campaign_id, "run-1")
     sent = dict(client.stored)
     store.campaigns.add_recipients(
@@ -310,7 +332,11 @@ def test_a_recipient_added_after_its_number_was_sent_is_a_duplicate_of_the_sent_
     )
     message = store.claims.claim(campaign_id, "run-2", 60).message
     stats = ShardSend(
-        message, Lease(store.claims, campaign_id, "run-2", 60), store.audience, queue
+        message,
+        Lease(store.claims, campaign_id, "run-2", 60),
+        store.audience,
+        queue,
+        store.suppressions,
     ).run()
     assert (stats.queued, stats.failed_by_code) == (1, {"duplicate": 1})
     assert client.stored == sent | {"a-new": client.stored["a-new"]}

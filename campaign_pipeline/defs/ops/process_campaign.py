@@ -205,6 +205,7 @@ def send_campaign_messages(
             lease,
             campaign_store.audience,
             queue,
+            campaign_store.suppressions,
             id_range=shard.id_range,
             recipients_per_chunk=campaign.recipients_per_chunk,
             outcomes_per_write=campaign.outcomes_per_write,

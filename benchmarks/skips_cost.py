@@ -1,0 +1,147 @@
+"""What deciding duplicates and opt-outs costs a send, against the same campaign without them.
+
+Seeds, in a throwaway PostgreSQL database, two campaigns of N recipients (default 1,000,000)
+with the same recipients (`dataset.recipient`, 1% invalid numbers): `plain`, of an organization
+with no suppressions, and `skips`, of an organization with a suppression list of `--suppressed`
+numbers (default 100,000; 10% of them the campaign's own) and 1% of its recipients given the
+number of another recipient. Then sends each, alternating, `--repeats` times, with
+`ShardSend(...).run()` in this process (the op's chunk and write window) to the null sink
+(everything but SQS) or to fauxqs on loopback, and reports each round's `skips / plain` time:
+the cost of the skips is that ratio minus one. Issue 19 allows under 15%. One JSON line:
+
+    python benchmarks/skips_cost.py [--recipients 1000000] [--sink null|fauxqs] [--repeats 3]
+"""
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psycopg
+from database import reset, seed, temporary_database
+from pipeline_runner import null_batch_queue
+from sqs_endpoints import REGION, fauxqs_server, fauxqs_version, fresh_queue
+
+from campaign_pipeline.defs.ops.config import CampaignConfig
+from campaign_pipeline.resources.campaign_store import CampaignStore
+from campaign_pipeline.resources.sqs_queue import SqsQueue
+from campaign_pipeline.sending.lease import Lease
+from campaign_pipeline.sending.shard import ShardSend
+from campaign_pipeline.sending.stats import SendStats
+
+DEFAULTS = CampaignConfig(campaign_id="")
+SKIPS_ORGANIZATION = "benchmark-skips"
+DUPLICATE_EVERY = 100  # 1% of recipients take another recipient's number
+OWN_SUPPRESSED_EVERY = 10  # of the suppression list, every tenth is a recipient's number
+
+
+def add_skips_campaign(url: str, plain_id: str, suppressed: int) -> str:
+    """A copy of `plain_id` for `SKIPS_ORGANIZATION`, 1% duplicates, and its suppressions."""
+    skips_id = str(uuid.uuid4())
+    with psycopg.connect(url) as connection:
+        connection.execute(
+            "INSERT INTO campaigns (id, organization_id, name, status, message_type, "
+            "template_name, template_language, template_parameters, message_content, media_url, "
+            "caption) SELECT %s, %s, name || ' (skips)', status, message_type, template_name, "
+            "template_language, template_parameters, message_content, media_url, caption "
+            "FROM campaigns WHERE id = %s",
+            (skips_id, SKIPS_ORGANIZATION, plain_id),
+        )
+        # Same recipients, new ids (md5 of the old one as a UUID).
+        connection.execute(
+            "INSERT INTO campaign_audience (id, campaign_id, phone_number, name, attributes) "
+            "SELECT md5(id)::uuid::text, %s, phone_number, name, attributes "
+            "FROM campaign_audience WHERE campaign_id = %s",
+            (skips_id, plain_id),
+        )
+        # Every 100th recipient (by id) takes the number of the recipient before it.
+        connection.execute(
+            "WITH numbered AS (SELECT id, phone_number, lag(phone_number) OVER (ORDER BY id) "
+            "AS previous, row_number() OVER (ORDER BY id) AS n FROM campaign_audience "
+            "WHERE campaign_id = %s) UPDATE campaign_audience AS a SET phone_number = "
+            "numbered.previous FROM numbered WHERE a.id = numbered.id AND numbered.n %% %s = 0",
+            (skips_id, DUPLICATE_EVERY),
+        )
+        own = suppressed // OWN_SUPPRESSED_EVERY
+        connection.execute(
+            "INSERT INTO suppressions (organization_id, phone_number, scope, reason, source) "
+            "SELECT %s, phone_number, 'marketing', 'benchmark', 'benchmark' FROM "
+            "(SELECT DISTINCT phone_number FROM campaign_audience WHERE campaign_id = %s "
+            "AND phone_number LIKE '+%%' ORDER BY phone_number LIMIT %s) AS own "
+            "UNION ALL SELECT %s, '+1999' || lpad(n::text, 7, '0'), 'all', 'benchmark', "
+            "'benchmark' FROM generate_series(1, %s) AS n",
+            (SKIPS_ORGANIZATION, skips_id, own, SKIPS_ORGANIZATION, suppressed - own),
+        )
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute("VACUUM ANALYZE")
+    return skips_id
+
+
+def send(store: CampaignStore, campaign_id: str, run_id: str, queue: object) -> SendStats:
+    claim = store.claims.claim(campaign_id, run_id, DEFAULTS.lease_seconds)
+    return ShardSend(
+        claim.message,
+        Lease(store.claims, campaign_id, run_id, DEFAULTS.lease_seconds),
+        store.audience,
+        queue,  # type: ignore[arg-type]
+        store.suppressions,
+        recipients_per_chunk=DEFAULTS.recipients_per_chunk,
+        outcomes_per_write=DEFAULTS.outcomes_per_write,
+    ).run()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipients", type=int, default=1_000_000)
+    parser.add_argument("--suppressed", type=int, default=100_000)
+    parser.add_argument("--sink", choices=("null", "fauxqs"), default="null")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    seconds: dict[str, list[float]] = {"plain": [], "skips": []}
+    failed: dict[str, dict[str, int]] = {}
+    with temporary_database() as url, contextlib.ExitStack() as stack:
+        (plain_id,) = seed(url, args.recipients, campaigns=1).campaign_ids
+        campaigns = {"plain": plain_id, "skips": add_skips_campaign(url, plain_id, args.suppressed)}
+        store = CampaignStore(database_url=url)
+        endpoint = stack.enter_context(fauxqs_server()) if args.sink == "fauxqs" else None
+        for repeat in range(args.repeats):
+            for kind, campaign_id in campaigns.items():
+                reset(url, [campaign_id])
+                if endpoint is None:
+                    queue: object = null_batch_queue()
+                else:
+                    queue_url = stack.enter_context(fresh_queue(endpoint))
+                    queue = SqsQueue(
+                        queue_url=queue_url, region_name=REGION, endpoint_url=endpoint
+                    ).batch_queue()
+                started = time.perf_counter()
+                stats = send(store, campaign_id, f"{kind}-{repeat}", queue)
+                seconds[kind].append(time.perf_counter() - started)
+                failed[kind] = dict(stats.failed_by_code)
+        store.engine.dispose()
+    ratios = [s / p for s, p in zip(seconds["skips"], seconds["plain"], strict=True)]
+    print(
+        json.dumps(
+            {
+                "recipients": args.recipients,
+                "suppressed": args.suppressed,
+                "sink": args.sink if endpoint is None else f"fauxqs {fauxqs_version()}",
+                "repeats": args.repeats,
+                "failed_by_code": failed,
+                "plain_s": [round(s, 2) for s in seconds["plain"]],
+                "skips_s": [round(s, 2) for s in seconds["skips"]],
+                "skips_to_plain": [round(r, 3) for r in ratios],
+                "median_cost": round(statistics.median(ratios) - 1, 3),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
