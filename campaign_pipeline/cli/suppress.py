@@ -6,6 +6,8 @@ marketing campaign): it ends `failed`, `failure_code = 'opted_out'`.
 """
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -24,7 +26,6 @@ from campaign_pipeline.cli.common import (
 )
 from campaign_pipeline.cli.control import operator
 from campaign_pipeline.errors import SuppressionFileError
-from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.services.suppressions import (
     check_organization_id,
     import_file,
@@ -32,7 +33,7 @@ from campaign_pipeline.services.suppressions import (
     unsuppress,
 )
 from campaign_pipeline.store.engine import default_database_url
-from campaign_pipeline.store.suppressions import DEFAULT_SCOPE, SCOPES
+from campaign_pipeline.store.suppressions import DEFAULT_SCOPE, SCOPES, Suppressions
 
 # `import`'s exit status when some lines were rejected (the others added).
 SOME_REJECTED = 1
@@ -40,31 +41,32 @@ SOME_REJECTED = 1
 REJECTED_SHOWN = 50
 
 
-def _store() -> tuple[CampaignStore, str]:
+@contextmanager
+def _suppressions() -> Iterator[Suppressions]:
+    """The list in CAMPAIGN_DATABASE_URL; a database that fails is one line, then closed."""
     url = default_database_url()
-    return open_store(url), url
-
-
-def _database_error(url: str, error: sa.exc.SQLAlchemyError) -> CliError:
-    return CliError(f"cannot use {display_database_url(url)}: {database_reason(error)}")
+    store = open_store(url)
+    try:
+        yield store.suppressions
+    except sa.exc.SQLAlchemyError as error:
+        raise CliError(
+            f"cannot use {display_database_url(url)}: {database_reason(error)}"
+        ) from None
+    finally:
+        store.engine.dispose()
 
 
 def cmd_add(args: argparse.Namespace) -> int:
     """Suppress numbers; one malformed number changes nothing."""
-    store, url = _store()
-    try:
+    with _suppressions() as suppressions:
         added = suppress(
-            store.suppressions,
+            suppressions,
             args.organization_id,
             args.phone_numbers,
             args.scope,
             args.reason,
             operator(),
         )
-    except sa.exc.SQLAlchemyError as error:
-        raise _database_error(url, error) from None
-    finally:
-        store.engine.dispose()
     out(
         f"organization {args.organization_id}: {added.added} suppressed ({args.scope}), "
         f"{added.present} already suppressed"
@@ -74,13 +76,8 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def cmd_remove(args: argparse.Namespace) -> int:
     """Take numbers off the list."""
-    store, url = _store()
-    try:
-        removed = unsuppress(store.suppressions, args.organization_id, args.phone_numbers)
-    except sa.exc.SQLAlchemyError as error:
-        raise _database_error(url, error) from None
-    finally:
-        store.engine.dispose()
+    with _suppressions() as suppressions:
+        removed = unsuppress(suppressions, args.organization_id, args.phone_numbers)
     missing = len(set(args.phone_numbers)) - removed
     out(
         f"organization {args.organization_id}: {removed} removed"
@@ -92,13 +89,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     """The organization's suppressions, by number."""
     organization_id = check_organization_id(args.organization_id)
-    store, url = _store()
-    try:
-        listed = store.suppressions.listed(organization_id)
-    except sa.exc.SQLAlchemyError as error:
-        raise _database_error(url, error) from None
-    finally:
-        store.engine.dispose()
+    with _suppressions() as suppressions:
+        listed = suppressions.listed(organization_id)
     if args.json:
         out(pretty([suppression.as_dict() for suppression in listed]))
         return 0
@@ -114,22 +106,18 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Suppress every valid number of a file; name the lines that hold none."""
-    store, url = _store()
-    try:
-        result = import_file(
-            store.suppressions,
-            args.organization_id,
-            args.file,
-            args.scope,
-            args.reason,
-            f"import {args.file.name} by {operator()}",
-        )
-    except SuppressionFileError as error:
-        raise CliError(f"{error}; nothing was added") from None
-    except sa.exc.SQLAlchemyError as error:
-        raise _database_error(url, error) from None
-    finally:
-        store.engine.dispose()
+    with _suppressions() as suppressions:
+        try:
+            result = import_file(
+                suppressions,
+                args.organization_id,
+                args.file,
+                args.scope,
+                args.reason,
+                f"import {args.file.name} by {operator()}",
+            )
+        except SuppressionFileError as error:
+            raise CliError(f"{error}; nothing was added") from None
     out(
         f"organization {args.organization_id} from {args.file}: {result.added} added, "
         f"{result.present} already present, {len(result.rejected)} rejected"

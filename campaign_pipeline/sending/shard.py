@@ -208,7 +208,7 @@ class ShardSend:
         campaign_id = self.message.campaign_id
         max_bytes = self.queue.max_message_bytes()
         # Before the first chunk is checked: nothing suppressed from then on is missed.
-        late = SuppressionWatch.starting_now(self.suppressions, self.message)
+        late = SuppressionWatch(self.suppressions, self.message)
         chunks = self.audience.pending_chunks(campaign_id, self.recipients_per_chunk, self.id_range)
         all_built: Iterator[pl.DataFrame]
         all_built = _prefetched(self._prepared(chunk, max_bytes) for chunk in chunks)

@@ -3,31 +3,34 @@
 A built chunk (`payloads.build_payloads`: `id`, `payload`, `failure_reason`) gets a
 `failure_code`: `invalid` where the builder gave a reason, then `duplicate` for a recipient
 whose number another recipient of the campaign has and is sent to (the one already queued, else
-the smallest audience id). The rule reads only the audience table, so every chunk, shard,
-executor, resume and rerun decides the same. The first code that applies is kept
-(`failure_codes.SKIP_ORDER`). Free of Dagster.
+the smallest audience id: the rule reads only the audience table, so every chunk, shard,
+executor, resume and rerun decides the same), then `opted_out` for a number its organization
+suppressed for the campaign's category. The first code that applies is kept
+(`failure_codes.SKIP_ORDER`). `SuppressionWatch` catches suppressions added while the chunk is
+being sent. Free of Dagster.
 """
 
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Protocol
 
 import polars as pl
 import sqlalchemy as sa
 
-from campaign_pipeline.clock import utcnow
 from campaign_pipeline.failure_codes import FailureCode
 from campaign_pipeline.payloads import CampaignMessage
 from campaign_pipeline.privacy import mask_phone_numbers
+from campaign_pipeline.store.suppressions import COMMIT_OVERLAP
 from campaign_pipeline.text import one_line
 
-_KEEPER = "_keeper"
-# How often a send looks for suppressions added while it sends, and how far before its start.
+_MATCH = "_match"
+# How often a send looks for suppressions added while it sends, and how far back each look
+# reaches before the previous one (the store's commit overlap: a transaction's rows carry its
+# start time, and it may commit later).
 LOOK_EVERY_SECONDS = 0.5
-CLOCK_MARGIN = timedelta(minutes=5)
-_OPT_OUT = "_opted_out"
+LOOK_OVERLAP = COMMIT_OVERLAP
 _OPT_OUT_SCHEMA = {"phone_number": pl.String, "reason": pl.String}
 
 # The one line a duplicate's count is shown under (each recipient's reason names its keeper).
@@ -60,33 +63,13 @@ def skip_duplicates(
     `built` has `failure_code` (`with_failure_codes`); `phone_numbers` are its recipients'
     numbers, row for row; `keepers` is `number_keepers`' frame. Rows keep their order.
     """
-    if keepers.is_empty():
-        return built
-    keeper = (
-        pl.DataFrame({"phone_number": phone_numbers})
-        .join(keepers, on="phone_number", how="left", maintain_order="left")
-        .get_column("keeper")
-        .alias(_KEEPER)
-    )
-    duplicate = (
-        pl.col("failure_code").is_null()
-        & pl.col(_KEEPER).is_not_null()
-        & (pl.col(_KEEPER) != pl.col("id"))
-    )
-    return (
-        built.with_columns(keeper)
-        .with_columns(
-            pl.when(duplicate).then(None).otherwise(pl.col("payload")).alias("payload"),
-            pl.when(duplicate)
-            .then(pl.format("duplicate of recipient {} (the same phone number)", pl.col(_KEEPER)))
-            .otherwise(pl.col("failure_reason"))
-            .alias("failure_reason"),
-            pl.when(duplicate)
-            .then(pl.lit(FailureCode.DUPLICATE.value))
-            .otherwise(pl.col("failure_code"))
-            .alias("failure_code"),
-        )
-        .drop(_KEEPER)
+    return _fail_by_number(
+        built,
+        phone_numbers,
+        keepers.rename({"keeper": _MATCH}),
+        FailureCode.DUPLICATE,
+        reason=pl.format("duplicate of recipient {} (the same phone number)", pl.col(_MATCH)),
+        applies=pl.col(_MATCH) != pl.col("id"),
     )
 
 
@@ -113,29 +96,49 @@ def skip_opted_out(
 
     `reasons` is `opted_out_reasons`' frame. Rows keep their order.
     """
-    if reasons.is_empty():
-        return built
-    reason = (
-        pl.DataFrame({"phone_number": phone_numbers})
-        .join(reasons, on="phone_number", how="left", maintain_order="left")
-        .get_column("reason")
-        .alias(_OPT_OUT)
+    return _fail_by_number(
+        built,
+        phone_numbers,
+        reasons.rename({"reason": _MATCH}),
+        FailureCode.OPTED_OUT,
+        reason=pl.col(_MATCH),
     )
-    opted_out = pl.col("failure_code").is_null() & pl.col(_OPT_OUT).is_not_null()
+
+
+def _fail_by_number(
+    built: pl.DataFrame,
+    phone_numbers: pl.Series,
+    by_number: pl.DataFrame,
+    code: FailureCode,
+    reason: pl.Expr,
+    applies: pl.Expr | None = None,
+) -> pl.DataFrame:
+    """Fail with `code` each recipient not failed yet whose number `by_number` holds.
+
+    `by_number` has `phone_number` and `_MATCH`, which `reason` and `applies` (a further
+    condition) may read. Rows keep their order.
+    """
+    if by_number.is_empty():
+        return built
+    match = (
+        pl.DataFrame({"phone_number": phone_numbers})
+        .join(by_number, on="phone_number", how="left", maintain_order="left")
+        .get_column(_MATCH)
+    )
+    fail = pl.col("failure_code").is_null() & pl.col(_MATCH).is_not_null()
+    if applies is not None:
+        fail = fail & applies
     return (
-        built.with_columns(reason)
+        built.with_columns(match)
         .with_columns(
-            pl.when(opted_out).then(None).otherwise(pl.col("payload")).alias("payload"),
-            pl.when(opted_out)
-            .then(pl.col(_OPT_OUT))
-            .otherwise(pl.col("failure_reason"))
-            .alias("failure_reason"),
-            pl.when(opted_out)
-            .then(pl.lit(FailureCode.OPTED_OUT.value))
+            pl.when(fail).then(None).otherwise(pl.col("payload")).alias("payload"),
+            pl.when(fail).then(reason).otherwise(pl.col("failure_reason")).alias("failure_reason"),
+            pl.when(fail)
+            .then(pl.lit(code.value))
             .otherwise(pl.col("failure_code"))
             .alias("failure_code"),
         )
-        .drop(_OPT_OUT)
+        .drop(_MATCH)
     )
 
 
@@ -148,8 +151,14 @@ class SuppressionLookups(Protocol):
         """Of the numbers, those suppressed for a campaign of `category`."""
         ...
 
-    def added_since(self, organization_id: str, since: datetime, category: str) -> pl.DataFrame:
-        """Suppressions for a campaign of `category` created at `since` or later."""
+    def added_for_pending(
+        self,
+        organization_id: str,
+        campaign_id: str,
+        category: str,
+        since: datetime | None = None,
+    ) -> tuple[pl.DataFrame, datetime]:
+        """Suppressions created since then of the campaign's pending numbers; the time now."""
         ...
 
 
@@ -182,38 +191,34 @@ class SuppressionWatch:
     """Suppressions committed while a shard sends, looked up at most every `every` seconds.
 
     A chunk's recipients were checked when it was built, up to a chunk ahead of its batches;
-    `late()` gives the numbers suppressed since the send started (minus `CLOCK_MARGIN`, for
-    writers whose clocks run behind), so the batches handed out after a look leave them out.
+    `late()` gives the campaign's pending numbers suppressed since (the database's clock) the
+    look before last, less the store's commit overlap, so the batches handed out after a look
+    leave them out. Each look reads only recent suppressions of this campaign's numbers.
     """
 
     suppressions: SuppressionLookups
-    organization_id: str
-    category: str
-    since: datetime
+    message: CampaignMessage
     every: float = LOOK_EVERY_SECONDS
     reasons: dict[str, str] = field(default_factory=dict)
     _looked: float | None = None
-
-    @classmethod
-    def starting_now(
-        cls, suppressions: SuppressionLookups, message: CampaignMessage
-    ) -> "SuppressionWatch":
-        """A watch for `message`'s campaign from now on."""
-        since = utcnow() - CLOCK_MARGIN
-        return cls(suppressions, message.organization_id, message.category, since)
+    _since: datetime | None = None
 
     def late(self) -> dict[str, str]:
-        """Number -> reason, for every suppression added since the send started."""
+        """Number -> reason, for every suppression of a pending number seen since the start."""
         now = time.monotonic()
         if self._looked is None or now - self._looked >= self.every:
             self._looked = now
             try:
-                added = self.suppressions.added_since(
-                    self.organization_id, self.since, self.category
+                added, looked_at = self.suppressions.added_for_pending(
+                    self.message.organization_id,
+                    self.message.campaign_id,
+                    self.message.category,
+                    self._since,
                 )
             except sa.exc.SQLAlchemyError:
                 # The database is unreachable: the next outcome write fails and stops the
                 # send, saying so; until then, what was known holds, and it is asked again.
                 return self.reasons
             self.reasons.update(dict(opted_out_reasons(added).iter_rows()))
+            self._since = looked_at - LOOK_OVERLAP
         return self.reasons

@@ -9,18 +9,22 @@ committed mid-send reaches the batches handed out after the next look.
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import polars as pl
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from campaign_pipeline.clock import utcnow
 from campaign_pipeline.store.engine import ROWS_PER_STATEMENT
-from campaign_pipeline.store.schema import suppressions
+from campaign_pipeline.store.schema import campaign_audience, suppressions
 
 SCOPES = ("marketing", "all")
+# How long before its look a send still asks for suppressions: `created_at` is when the adding
+# transaction began, so one that took longer than this to commit may be missed mid-send (the
+# next chunk's check, and the next run, see it).
+COMMIT_OVERLAP = timedelta(seconds=60)
+_UTC_TIME = sa.DateTime(timezone=True)
 DEFAULT_SCOPE = "marketing"
 # SQLite binds at most 32,766 parameters to a statement: a chunk's numbers go in slices.
 SQLITE_NUMBERS_PER_STATEMENT = 10_000
@@ -87,7 +91,6 @@ class Suppressions:
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
         numbers = list(dict.fromkeys(phone_numbers))
-        now = utcnow()
         with self.engine.begin() as connection:
             present: set[str] = set(self._present(connection, organization_id, numbers))
             rows = [
@@ -97,7 +100,6 @@ class Suppressions:
                     "scope": scope,
                     "reason": reason,
                     "source": source,
-                    "created_at": now,
                 }
                 for number in numbers
                 if number not in present
@@ -181,15 +183,36 @@ class Suppressions:
                     ).all()
         return _match_frame(rows)
 
-    def added_since(self, organization_id: str, since: datetime, category: str) -> pl.DataFrame:
-        """Suppressions for a campaign of `category` created at `since` or later."""
+    def added_for_pending(
+        self,
+        organization_id: str,
+        campaign_id: str,
+        category: str,
+        since: datetime | None = None,
+    ) -> tuple[pl.DataFrame, datetime]:
+        """Suppressions created at `since` or later of numbers still pending in the campaign.
+
+        Times are the database's (`created_at` is its clock too): with `since` None, the last
+        `COMMIT_OVERLAP`. Returns the matches (`MATCH_SCHEMA`) and the database's time now.
+        """
+        audience = campaign_audience.c
         with self.engine.connect() as connection:
+            now = _utc(connection.execute(sa.select(sa.func.now(type_=_UTC_TIME))).scalar_one())
+            pending = (
+                sa.exists()
+                .where(
+                    audience.campaign_id == campaign_id,
+                    audience.phone_number == suppressions.c.phone_number,
+                    audience.status == "pending",
+                )
+                .correlate(suppressions)
+            )
             rows = connection.execute(
                 self._match_query(organization_id, category).where(
-                    suppressions.c.created_at >= since
+                    suppressions.c.created_at >= (since or now - COMMIT_OVERLAP), pending
                 )
             ).all()
-        return _match_frame(rows)
+        return _match_frame(rows), now
 
     @staticmethod
     def _match_query(organization_id: str, category: str) -> sa.Select:

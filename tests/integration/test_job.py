@@ -231,6 +231,7 @@ def test_send_metadata_has_counts_and_no_phone_numbers(
     assert metadata["batches"].value == 2
     assert metadata["queue"].value == queue.queue_url
     assert "phone number must start with '+'" in metadata["failed_by_reason"].value
+    assert metadata["failed_by_code"].value == {"invalid": 1}
     everything = " ".join(str(event) for event in result.all_events)
     assert "+1555" not in everything and "5550000" not in everything
     drain(sqs_client, queue.queue_url)

@@ -18,6 +18,7 @@ from campaign_pipeline.clock import utcnow
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
 from campaign_pipeline.services.preview import QueueLimit, build_preview, load_campaign
+from campaign_pipeline.store.records import Outcomes
 from campaign_pipeline.store.suppressions import Added
 from tests.conftest import assert_one_line_error, run_cli
 from tests.integration.test_job import run_job
@@ -59,9 +60,34 @@ def test_matching_holds_marketing_for_marketing_campaigns_and_all_for_every_one(
     utility = store.suppressions.matching(ORG, asked, "utility")
     assert sorted(marketing["phone_number"]) == [A, B]
     assert utility["phone_number"].to_list() == [B]
-    since = store.suppressions.added_since(ORG, utcnow() - timedelta(minutes=1), "marketing")
-    assert sorted(since["phone_number"]) == [A, B]
-    assert store.suppressions.added_since(ORG, utcnow() + timedelta(minutes=1), "all").is_empty()
+
+
+def test_a_send_asks_for_recent_suppressions_of_its_own_pending_numbers_by_the_database_clock(
+    store: CampaignStore,
+) -> None:
+    campaign_id = add_template_campaign(store)
+    store.campaigns.add_recipients(
+        campaign_id, [{"phone_number": number, "name": "R"} for number in (A, B)]
+    )
+    store.claims.claim(campaign_id, "run-1", 60)
+    store.suppressions.add(ORG, [A, B, C], "all", None, "test")
+    # B is handled already: no longer pending, so no longer asked about.
+    (b_id,) = [
+        row["id"]
+        for row in store.audience.pending_chunks(campaign_id, 10).__next__().iter_rows(named=True)
+        if row["phone_number"] == B
+    ]
+    handled = Outcomes()
+    handled.add_sent([b_id], ["m-1"])
+    store.audience.record_outcomes(campaign_id, "run-1", handled, 60)
+
+    recent, now = store.suppressions.added_for_pending(ORG, campaign_id, "marketing")
+    assert recent["phone_number"].to_list() == [A]
+    assert abs(now - utcnow()) < timedelta(minutes=1)
+    later, _ = store.suppressions.added_for_pending(
+        ORG, campaign_id, "marketing", now + timedelta(seconds=5)
+    )
+    assert later.is_empty()
 
 
 def test_many_numbers_are_looked_up_in_slices(store: CampaignStore) -> None:
@@ -127,6 +153,13 @@ def test_one_malformed_input_refuses_the_whole_command_in_one_line(
     line = assert_one_line_error(result, *fragments)
     assert "5550000002" not in line
     assert sqlite_store.suppressions.listed(ORG) == []
+
+
+def test_a_missing_database_is_one_line(cli_env: dict[str, str], tmp_path: Path) -> None:
+    env = cli_env | {"CAMPAIGN_DATABASE_URL": f"sqlite:///{tmp_path / 'nowhere.db'}"}
+    for arguments in (("list", ORG), ("add", ORG, A), ("remove", ORG, A)):
+        result = run_cli("suppress", *arguments, env=env, cwd=tmp_path)
+        assert_one_line_error(result, "does not exist", "init-db")
 
 
 def test_suppress_import_adds_good_lines_and_names_the_rest_by_line_number(

@@ -1,7 +1,7 @@
 """Skips decided a chunk at a time: codes for the invalid, duplicates of another recipient."""
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import sqlalchemy as sa
@@ -15,7 +15,7 @@ from campaign_pipeline.sending.skips import (
     with_failure_codes,
 )
 from campaign_pipeline.store.audience import KEEPER_SCHEMA
-from campaign_pipeline.store.suppressions import MATCH_SCHEMA
+from campaign_pipeline.store.suppressions import COMMIT_OVERLAP, MATCH_SCHEMA
 
 A, B, C = "+15550000001", "+15550000002", "+15550000003"
 
@@ -52,8 +52,14 @@ class Suppressed:
         ]
         return pl.DataFrame(rows, schema=MATCH_SCHEMA, orient="row")
 
-    def added_since(self, organization_id: str, since: datetime, category: str) -> pl.DataFrame:
-        return pl.DataFrame(schema=MATCH_SCHEMA)
+    def added_for_pending(
+        self,
+        organization_id: str,
+        campaign_id: str,
+        category: str,
+        since: datetime | None = None,
+    ) -> tuple[pl.DataFrame, datetime]:
+        return pl.DataFrame(schema=MATCH_SCHEMA), SINCE
 
 
 SINCE = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
@@ -160,23 +166,32 @@ def test_a_reason_of_several_lines_is_one_line() -> None:
 
 
 class Flaky(Suppressed):
-    """`added_since` fails while `down`, else answers with the suppressions."""
+    """`added_for_pending` fails while `down`, else answers with the suppressions."""
 
     def __init__(self, scopes: dict[str, str]) -> None:
         super().__init__(scopes)
         self.down = False
         self.looks = 0
+        self.since: list[datetime | None] = []
 
-    def added_since(self, organization_id: str, since: datetime, category: str) -> pl.DataFrame:
+    def added_for_pending(
+        self,
+        organization_id: str,
+        campaign_id: str,
+        category: str,
+        since: datetime | None = None,
+    ) -> tuple[pl.DataFrame, datetime]:
         self.looks += 1
+        self.since.append(since)
         if self.down:
             raise sa.exc.OperationalError("SELECT", {}, Exception("server closed the connection"))
-        return self.matching(organization_id, list(self.scopes), category)
+        now = SINCE + timedelta(minutes=self.looks)
+        return self.matching(organization_id, list(self.scopes), category), now
 
 
 def test_the_watch_looks_at_most_every_interval_and_keeps_what_it_knew_through_an_outage() -> None:
     lookups = Flaky({A: "all"})
-    watch = SuppressionWatch(lookups, "org-1", "marketing", SINCE, every=3600)
+    watch = SuppressionWatch(lookups, message(), every=3600)
     assert set(watch.late()) == {A}
     lookups.scopes[B] = "all"
     assert set(watch.late()) == {A} and lookups.looks == 1  # not looked again yet
@@ -185,3 +200,10 @@ def test_the_watch_looks_at_most_every_interval_and_keeps_what_it_knew_through_a
     assert set(watch.late()) == {A} and lookups.looks == 2
     lookups.down = False
     assert set(watch.late()) == {A, B}
+    # The first look reaches back the store's overlap; each later one from the look before
+    # last (the database's time) less that overlap.
+    assert lookups.since == [
+        None,
+        SINCE + timedelta(minutes=1) - COMMIT_OVERLAP,
+        SINCE + timedelta(minutes=1) - COMMIT_OVERLAP,
+    ]
