@@ -15,6 +15,7 @@ the cost of the skips is that ratio minus one. Issue 19 allows under 15%. One JS
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg
 from database import reset, seed, temporary_database
 from pipeline_runner import null_batch_queue
-from sqs_endpoints import REGION, fauxqs_server, fauxqs_version, fresh_queue
+from sqs_endpoints import FAKE_CREDENTIALS, REGION, fauxqs_server, fauxqs_version, fresh_queue
 
 from campaign_pipeline.defs.ops.config import CampaignConfig
 from campaign_pipeline.resources.campaign_store import CampaignStore
@@ -110,6 +111,7 @@ def main() -> None:
         campaigns = {"plain": plain_id, "skips": add_skips_campaign(url, plain_id, args.suppressed)}
         store = CampaignStore(database_url=url)
         endpoint = stack.enter_context(fauxqs_server()) if args.sink == "fauxqs" else None
+        os.environ.update(FAKE_CREDENTIALS)
         for repeat in range(args.repeats):
             for kind, campaign_id in campaigns.items():
                 reset(url, [campaign_id])
