@@ -252,6 +252,30 @@ class ShardSend:
         stats.stopped = stop.reason
 
 
+def _without_late(
+    ids: list[str],
+    bodies: list[str],
+    numbers: list[str],
+    reasons: dict[str, str],
+    skip: Callable[[pl.DataFrame], None],
+) -> tuple[list[str], list[str]]:
+    """A batch without the recipients whose numbers `reasons` holds; those go to `skip`."""
+    late = [number in reasons for number in numbers]
+    if not any(late):
+        return ids, bodies
+    skip(
+        pl.DataFrame(
+            {
+                "id": [id_ for id_, out in zip(ids, late, strict=True) if out],
+                "failure_reason": [reasons[n] for n, out in zip(numbers, late, strict=True) if out],
+                "failure_code": FailureCode.OPTED_OUT.value,
+            }
+        )
+    )
+    kept = [i for i, out in enumerate(late) if not out]
+    return [ids[i] for i in kept], [bodies[i] for i in kept]
+
+
 def _batches(
     valid: pl.DataFrame,
     max_bytes: int,
@@ -267,28 +291,19 @@ def _batches(
     """
     ids = valid["id"].to_list()
     bodies = valid["payload"].to_list()
-    numbers = valid["phone_number"].to_list() if late is not None else []
+    numbers: list[str] | None = None  # read only once a late suppression appears
     for batch in batch_slices(valid["payload"].str.len_bytes().to_numpy(), max_bytes):
         if not keep_going():
             return
         batch_ids, batch_bodies = ids[batch], bodies[batch]
         if late is not None and (reasons := late.late()):
-            suppressed = [i for i, number in enumerate(numbers[batch]) if number in reasons]
-            if suppressed:
-                skip(
-                    pl.DataFrame(
-                        {
-                            "id": [batch_ids[i] for i in suppressed],
-                            "failure_reason": [reasons[numbers[batch][i]] for i in suppressed],
-                            "failure_code": [FailureCode.OPTED_OUT.value] * len(suppressed),
-                        }
-                    )
-                )
-                kept = sorted(set(range(len(batch_ids))) - set(suppressed))
-                batch_ids = [batch_ids[i] for i in kept]
-                batch_bodies = [batch_bodies[i] for i in kept]
-                if not batch_ids:
-                    continue
+            if numbers is None:
+                numbers = valid["phone_number"].to_list()
+            batch_ids, batch_bodies = _without_late(
+                batch_ids, batch_bodies, numbers[batch], reasons, skip
+            )
+            if not batch_ids:
+                continue
         # Paced here, where batches are handed out: the calls in flight stay concurrent.
         if pacer is not None and not pacer.take(len(batch_ids), keep_going):
             return

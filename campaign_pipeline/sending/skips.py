@@ -26,11 +26,8 @@ from campaign_pipeline.store.suppressions import COMMIT_OVERLAP
 from campaign_pipeline.text import one_line
 
 _MATCH = "_match"
-# How often a send looks for suppressions added while it sends, and how far back each look
-# reaches before the previous one (the store's commit overlap: a transaction's rows carry its
-# start time, and it may commit later).
+# How often a send looks for suppressions added while it sends.
 LOOK_EVERY_SECONDS = 0.5
-LOOK_OVERLAP = COMMIT_OVERLAP
 _OPT_OUT_SCHEMA = {"phone_number": pl.String, "reason": pl.String}
 
 # The one line a duplicate's count is shown under (each recipient's reason names its keeper).
@@ -220,5 +217,6 @@ class SuppressionWatch:
                 # send, saying so; until then, what was known holds, and it is asked again.
                 return self.reasons
             self.reasons.update(dict(opted_out_reasons(added).iter_rows()))
-            self._since = looked_at - LOOK_OVERLAP
+            # A transaction's rows carry its start time, and it may commit later.
+            self._since = looked_at - COMMIT_OVERLAP
         return self.reasons

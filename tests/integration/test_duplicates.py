@@ -18,6 +18,7 @@ from campaign_pipeline.resources.sqs_queue import SqsQueue
 from campaign_pipeline.store.records import Outcomes
 from campaign_pipeline.store.schema import campaigns
 from tests.conftest import REGION
+from tests.integration.test_job import definitions_job
 from tests.support.campaigns import add_template_campaign
 from tests.support.invariant import check_campaign_invariant, drain_queue
 
@@ -25,13 +26,6 @@ ROOT = Path(__file__).resolve().parents[2]
 # Ids sort as they are numbered: r000 is the smallest.
 SAME_PERSON = (3, 17, 25, 38, 52, 59)  # one number, in every shard and chunk below
 PAIR = (40, 41)
-
-
-def definitions_job() -> dg.JobDefinition:
-    """The job as the code location defines it, resources from the environment."""
-    from campaign_pipeline.definitions import defs
-
-    return defs.get_job_def("process_campaign_messages")
 
 
 def add_duplicated_campaign(store: CampaignStore, recipients: int = 60) -> str:

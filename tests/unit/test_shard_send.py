@@ -98,23 +98,26 @@ def store(tmp_path: Path) -> CampaignStore:
     return store
 
 
+def claimed_send(
+    store: CampaignStore,
+    client: FakeSqsClient,
+    campaign_id: str,
+    run_id: str = "run-1",
+    **options: Any,
+) -> ShardSend:
+    """The send of the whole campaign by `run_id`, which claims it, through `client`."""
+    message = store.claims.claim(campaign_id, run_id, 60).message
+    queue = SqsBatchQueue(client, QUEUE_URL, concurrency=CALLS_IN_FLIGHT)
+    lease = Lease(store.claims, campaign_id, run_id, 60)
+    return ShardSend(message, lease, store.audience, queue, store.suppressions, **options)
+
+
 def shard_send(
     store: CampaignStore, client: FakeSqsClient, recipients: int
 ) -> tuple[str, ShardSend]:
     campaign_id = add_template_campaign(store)
     add_recipients(store, campaign_id, recipients)
-    message = store.claims.claim(campaign_id, "run-1", 60).message
-    queue = SqsBatchQueue(client, QUEUE_URL, concurrency=CALLS_IN_FLIGHT)
-    lease = Lease(store.claims, campaign_id, "run-1", 60)
-    send = ShardSend(
-        message,
-        lease,
-        store.audience,
-        queue,
-        store.suppressions,
-        recipients_per_chunk=50,
-        outcomes_per_write=10,
-    )
+    send = claimed_send(store, client, campaign_id, recipients_per_chunk=50, outcomes_per_write=10)
     return campaign_id, send
 
 
@@ -213,15 +216,7 @@ def test_an_entry_sqs_refuses_for_good_fails_with_its_code_and_the_rest_go(
     add_recipients(store, campaign_id, 30)
     ids = sorted(recorded(store, campaign_id))
     client.refuse = frozenset(ids[:2])
-    message = store.claims.claim(campaign_id, "run-1", 60).message
-    queue = SqsBatchQueue(client, QUEUE_URL, concurrency=CALLS_IN_FLIGHT)
-    stats = ShardSend(
-        message,
-        Lease(store.claims, campaign_id, "run-1", 60),
-        store.audience,
-        queue,
-        store.suppressions,
-    ).run()
+    stats = claimed_send(store, client, campaign_id).run()
     assert (stats.queued, stats.failed) == (28, 2)
     assert stats.failed_by_code == {"sqs_rejected": 2}
     rows = assert_recorded_as_stored(store, campaign_id, client)
@@ -271,17 +266,8 @@ def test_duplicates_over_several_chunks_are_sent_once_to_the_smallest_id(
     """Chunks of 50: r000's number recurs in every chunk; each duplicate names its keeper."""
     client = FakeSqsClient()
     campaign_id, _ = duplicated_campaign(store)
-    message = store.claims.claim(campaign_id, "run-1", 60).message
-    queue = SqsBatchQueue(client, QUEUE_URL, concurrency=CALLS_IN_FLIGHT)
-    lease = Lease(store.claims, campaign_id, "run-1", 60)
-    stats = ShardSend(
-        message,
-        lease,
-        store.audience,
-        queue,
-        store.suppressions,
-        recipients_per_chunk=50,
-        outcomes_per_write=10,
+    stats = claimed_send(
+        store, client, campaign_id, recipients_per_chunk=50, outcomes_per_write=10
     ).run()
     duplicates = {f"r{i:03d}" for i in SAME_PERSON[1:]} | {"r062"}
     assert (stats.queued, stats.failed) == (120 - len(duplicates) - 1, len(duplicates) + 1)
@@ -312,15 +298,7 @@ def test_a_recipient_added_after_its_number_was_sent_is_a_duplicate_of_the_sent_
     sent (the queued one keeps the number), and neither is a resend of anyone."""
     client = FakeSqsClient()
     campaign_id, _ = duplicated_campaign(store)
-    message = store.claims.claim(campaign_id, "run-1", 60).message
-    queue = SqsBatchQueue(client, QUEUE_URL, concurrency=CALLS_IN_FLIGHT)
-    ShardSend(
-        message,
-        Lease(store.claims, campaign_id, "run-1", 60),
-        store.audience,
-        queue,
-        store.suppressions,
-    ).run()
+    claimed_send(store, client, campaign_id).run()
     store.claims.release(campaign_id, "run-1")
     sent = dict(client.stored)
     store.campaigns.add_recipients(
@@ -330,14 +308,7 @@ def test_a_recipient_added_after_its_number_was_sent_is_a_duplicate_of_the_sent_
             {"id": "a-new", "phone_number": "+15559999999", "name": "new"},
         ],
     )
-    message = store.claims.claim(campaign_id, "run-2", 60).message
-    stats = ShardSend(
-        message,
-        Lease(store.claims, campaign_id, "run-2", 60),
-        store.audience,
-        queue,
-        store.suppressions,
-    ).run()
+    stats = claimed_send(store, client, campaign_id, "run-2").run()
     assert (stats.queued, stats.failed_by_code) == (1, {"duplicate": 1})
     assert client.stored == sent | {"a-new": client.stored["a-new"]}
     assert codes(store, campaign_id)["a-first"] == "duplicate"
