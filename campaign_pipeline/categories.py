@@ -9,5 +9,8 @@ DEFAULT_CATEGORY = "marketing"
 
 
 def category_of(campaign_category: str | None) -> str:
-    """The category a campaign is treated as: its own, else marketing."""
-    return campaign_category or DEFAULT_CATEGORY
+    """The category a campaign is treated as: its own if known, else marketing.
+
+    A misspelt category must not escape the suppressions that hold for marketing.
+    """
+    return campaign_category if campaign_category in CATEGORIES else DEFAULT_CATEGORY

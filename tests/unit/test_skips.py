@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import sqlalchemy as sa
 
+from campaign_pipeline.categories import category_of
 from campaign_pipeline.payloads import CampaignMessage
 from campaign_pipeline.sending.skips import (
     SuppressionWatch,
@@ -207,3 +208,11 @@ def test_the_watch_looks_at_most_every_interval_and_keeps_what_it_knew_through_a
         SINCE + timedelta(minutes=1) - COMMIT_OVERLAP,
         SINCE + timedelta(minutes=1) - COMMIT_OVERLAP,
     ]
+
+
+def test_a_campaign_is_marketing_unless_it_names_another_known_category() -> None:
+    assert [category_of(c) for c in (None, "", "promo", "Utility", "marketing")] == [
+        "marketing"
+    ] * 5
+    assert category_of("utility") == "utility"
+    assert category_of("authentication") == "authentication"
