@@ -4,6 +4,7 @@ import math
 import os
 
 from campaign_pipeline.errors import SettingsError
+from campaign_pipeline.frequency_caps import FrequencyCap, parse_frequency_cap
 
 
 def positive_int(variable: str, default: int) -> int:
@@ -121,3 +122,14 @@ def celery_broker_url() -> str:
 def celery_backend_url() -> str:
     """CAMPAIGN_CELERY_BACKEND: Celery's result backend (default `rpc://`, over the broker)."""
     return os.environ.get("CAMPAIGN_CELERY_BACKEND", "").strip() or DEFAULT_CELERY_BACKEND
+
+
+def campaign_frequency_cap() -> FrequencyCap | None:
+    """CAMPAIGN_FREQUENCY_CAP: marketing messages per person and organization (unset: no cap)."""
+    raw = os.environ.get("CAMPAIGN_FREQUENCY_CAP", "").strip()
+    if not raw:
+        return None
+    try:
+        return parse_frequency_cap(raw)
+    except ValueError as error:
+        raise SettingsError(f"CAMPAIGN_FREQUENCY_CAP: {error}") from None

@@ -12,6 +12,8 @@ from campaign_pipeline.store.campaigns import Campaigns
 from campaign_pipeline.store.claims import Claims
 from campaign_pipeline.store.control import Control
 from campaign_pipeline.store.database import CampaignDatabase
+from campaign_pipeline.store.marketing_sends import MarketingSends
+from campaign_pipeline.store.organizations import Organizations
 from campaign_pipeline.store.suppressions import Suppressions
 from campaign_pipeline.store.sweeps import Sweeps
 
@@ -77,6 +79,16 @@ class CampaignStore(dg.ConfigurableResource):
     def suppressions(self) -> Suppressions:
         """Organizations' opt-outs."""
         return self.database.suppressions
+
+    @property
+    def organizations(self) -> Organizations:
+        """Organizations' own settings (the frequency cap)."""
+        return self.database.organizations
+
+    @property
+    def marketing_sends(self) -> MarketingSends:
+        """The frequency cap's memory and reservations."""
+        return self.database.marketing_sends
 
     def create_schema(self) -> None:
         """Create or upgrade the tables."""

@@ -7,18 +7,22 @@ one), and writes outcomes in windows while sending goes on. A pause or cancel, t
 guard, a lost lease or a terminated run stop it the same way (see `stop.py`). Free of Dagster.
 """
 
+import functools
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import polars as pl
+import sqlalchemy as sa
 
 from campaign_pipeline.batching import batch_slices
 from campaign_pipeline.errors import IncompleteAnswer, SendInterrupted
 from campaign_pipeline.failure_codes import FailureCode
+from campaign_pipeline.frequency_caps import FrequencyCap
 from campaign_pipeline.payloads import CampaignMessage, build_payloads
+from campaign_pipeline.sending.frequency import CapReservations, MarketingSendLookups
 from campaign_pipeline.sending.guards import (
     PreflightCount,
     exact_preflight,
@@ -37,6 +41,7 @@ from campaign_pipeline.sending.stats import SendStats
 from campaign_pipeline.sending.stop import StopSignal, run_until_interrupted
 from campaign_pipeline.sqs import BatchResult
 from campaign_pipeline.store.records import IdRange
+from campaign_pipeline.text import database_reason
 
 T = TypeVar("T")
 
@@ -74,7 +79,7 @@ class BatchQueue(Protocol):
         ...
 
 
-def _prefetched(items: Iterator[T]) -> Iterator[T]:
+def _prefetched(items: Iterator[T]) -> Generator[T]:
     """Yield `items`, making the next one on a thread while the caller works on this one.
 
     Reading and building the next chunk (a COPY and Polars, both mostly outside the GIL) then
@@ -94,7 +99,9 @@ class ShardSend:
     `max_messages_per_second` paces batches as they are handed out; `max_rejected` bounds the
     entries SQS may refuse for good before the campaign is held back; `preflight_max_invalid`
     (a campaign counted exactly, see `guards.defers_to_the_send`) builds every payload first
-    and holds the campaign back, nothing sent, when too many are invalid. `on_chunk` hears the
+    and holds the campaign back, nothing sent, when too many are invalid. With a
+    `frequency_cap` (`frequency.frequency_cap_for`), each chunk's recipients take their places
+    under it in `marketing_sends` before they are sent. `on_chunk` hears the
     running counts after each chunk, `on_preflight` the count, `on_warning` what went wrong on
     the way out.
     """
@@ -105,6 +112,8 @@ class ShardSend:
     queue: BatchQueue
     suppressions: SuppressionLookups
     id_range: IdRange | None = None
+    marketing_sends: MarketingSendLookups | None = None
+    frequency_cap: FrequencyCap | None = None
     recipients_per_chunk: int = 50_000
     outcomes_per_write: int = 1_000
     max_messages_per_second: float | None = None
@@ -180,12 +189,20 @@ class ShardSend:
         recorder.stats.seconds = time.perf_counter() - started
         return recorder.stats
 
-    def _prepared(self, chunk: pl.DataFrame, max_bytes: int) -> pl.DataFrame:
+    def _prepared(
+        self, chunk: pl.DataFrame, max_bytes: int, capped: CapReservations | None
+    ) -> pl.DataFrame:
         """The chunk's payloads, with every recipient that is not to be sent failed and coded."""
         built = build_payloads(self.message, chunk, max_bytes)
-        return apply_skips(
+        skipped = apply_skips(
             self.audience, self.suppressions, self.message, built, chunk["phone_number"]
         )
+        return capped.reserve(skipped) if capped is not None else skipped
+
+    def _reservations(self) -> CapReservations | None:
+        if self.frequency_cap is None or self.marketing_sends is None:
+            return None
+        return CapReservations(self.marketing_sends, self.message, self.frequency_cap)
 
     def _send_chunks(
         self,
@@ -209,47 +226,72 @@ class ShardSend:
         max_bytes = self.queue.max_message_bytes()
         # Before the first chunk is checked: nothing suppressed from then on is missed.
         late = SuppressionWatch(self.suppressions, self.message)
+        capped = self._reservations()
         chunks = self.audience.pending_chunks(campaign_id, self.recipients_per_chunk, self.id_range)
-        all_built: Iterator[pl.DataFrame]
-        all_built = _prefetched(self._prepared(chunk, max_bytes) for chunk in chunks)
-        if self.preflight_max_invalid is not None:
-            # Every payload built before the first batch: the guard counts what is sent.
-            ready = list(all_built)
-            self.on_preflight(exact_preflight(self.lease, ready, self.preflight_max_invalid))
-            all_built = iter(ready)
-        for built in all_built:
-            if stop.reason is not None:
-                break
-            stats.recipients += built.height
-            recorder.add_skipped(built.filter(pl.col("failure_code").is_not_null()))
-            valid = built.filter(pl.col("failure_code").is_null())
-            error: Exception | None = None
-            batches = _batches(valid, max_bytes, keep_sending, pacer, late, recorder.add_skipped)
-            for result in self.queue.send_batches(campaign_id, batches, fair_group_id):
-                stats.batches += 1
-                stats.retried_entries += result.retried_entries
-                recorder.add_batch(result)
-                error = error or result.error
-            recorder.drain()
-            stats.seconds = time.perf_counter() - started
-            if error is not None:
-                problem = (
-                    f"SQS answered incompletely: {error}"
-                    if isinstance(error, IncompleteAnswer)
-                    else f"SQS failed past its retries: {type(error).__name__}: {error}"
+        prepared = _prefetched(self._prepared(chunk, max_bytes, capped) for chunk in chunks)
+        try:
+            all_built: Iterator[pl.DataFrame] = prepared
+            if self.preflight_max_invalid is not None:
+                # Every payload built before the first batch: the guard counts what is sent.
+                ready = list(all_built)
+                self.on_preflight(exact_preflight(self.lease, ready, self.preflight_max_invalid))
+                all_built = iter(ready)
+            for built in all_built:
+                if stop.reason is not None:
+                    break
+                if capped is not None:
+                    capped.sending()
+                stats.recipients += built.height
+                recorder.add_skipped(built.filter(pl.col("failure_code").is_not_null()))
+                valid = built.filter(pl.col("failure_code").is_null())
+                error: Exception | None = None
+                accepted_ids: list[str] = []
+                batches = _batches(
+                    valid, max_bytes, keep_sending, pacer, late, recorder.add_skipped
                 )
-                raise SendInterrupted(problem, stats) from error
-            if stop.reason is not None:
-                break
-            if not lease_held():
-                raise SendInterrupted(
-                    f"run {self.lease.run_id} no longer holds campaign {campaign_id} (another "
-                    "run took it over, another step of this run failed and released it, or "
-                    "the lease could not be renewed)",
-                    stats,
-                )
-            self.on_chunk(stats)
+                for result in self.queue.send_batches(campaign_id, batches, fair_group_id):
+                    stats.batches += 1
+                    stats.retried_entries += result.retried_entries
+                    recorder.add_batch(result)
+                    accepted_ids += result.accepted_ids
+                    error = error or result.error
+                recorder.drain()
+                stats.seconds = time.perf_counter() - started
+                if error is not None:
+                    problem = (
+                        f"SQS answered incompletely: {error}"
+                        if isinstance(error, IncompleteAnswer)
+                        else f"SQS failed past its retries: {type(error).__name__}: {error}"
+                    )
+                    raise SendInterrupted(problem, stats) from error
+                if capped is not None:
+                    self._give_back(functools.partial(capped.sent, valid, accepted_ids))
+                if stop.reason is not None:
+                    break
+                if not lease_held():
+                    raise SendInterrupted(
+                        f"run {self.lease.run_id} no longer holds campaign {campaign_id} "
+                        "(another run took it over, another step of this run failed and "
+                        "released it, or the lease could not be renewed)",
+                        stats,
+                    )
+                self.on_chunk(stats)
+        finally:
+            # The chunk being prepared is finished first, so its places are given back too.
+            prepared.close()
+            if capped is not None:
+                self._give_back(capped.release_unsent)
         stats.stopped = stop.reason
+
+    def _give_back(self, release: Callable[[], None]) -> None:
+        """Give back places under the cap; a database that fails keeps them, said once."""
+        try:
+            release()
+        except sa.exc.SQLAlchemyError as error:
+            self.on_warning(
+                "the frequency cap's places of recipients not sent could not be given back "
+                f"({database_reason(error)}); they count until the cap's window passes"
+            )
 
 
 def _without_late(

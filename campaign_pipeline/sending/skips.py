@@ -5,13 +5,14 @@ A built chunk (`payloads.build_payloads`: `id`, `payload`, `failure_reason`) get
 whose number another recipient of the campaign has and is sent to (the one already queued, else
 the smallest audience id: the rule reads only the audience table, so every chunk, shard,
 executor, resume and rerun decides the same), then `opted_out` for a number its organization
-suppressed for the campaign's category. The first code that applies is kept
+suppressed for the campaign's category, then `frequency_capped` for a number the frequency cap
+holds back (`sending.frequency`). The first code that applies is kept
 (`failure_codes.SKIP_ORDER`). `SuppressionWatch` catches suppressions added while the chunk is
 being sent. Free of Dagster.
 """
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -20,6 +21,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from campaign_pipeline.failure_codes import FailureCode
+from campaign_pipeline.frequency_caps import FrequencyCap
 from campaign_pipeline.payloads import CampaignMessage
 from campaign_pipeline.privacy import mask_phone_numbers
 from campaign_pipeline.store.suppressions import COMMIT_OVERLAP
@@ -29,6 +31,7 @@ _MATCH = "_match"
 # How often a send looks for suppressions added while it sends.
 LOOK_EVERY_SECONDS = 0.5
 _OPT_OUT_SCHEMA = {"phone_number": pl.String, "reason": pl.String}
+_CAPPED_SCHEMA = {"phone_number": pl.String, _MATCH: pl.Boolean}
 
 # The one line a duplicate's count is shown under (each recipient's reason names its keeper).
 DUPLICATE_SUMMARY = "duplicate: another recipient of the campaign has the same phone number"
@@ -99,6 +102,22 @@ def skip_opted_out(
         reasons.rename({"reason": _MATCH}),
         FailureCode.OPTED_OUT,
         reason=pl.col(_MATCH),
+    )
+
+
+def skip_frequency_capped(
+    built: pl.DataFrame, capped: Collection[str], cap: FrequencyCap
+) -> pl.DataFrame:
+    """Fail, as `frequency_capped`, each recipient not failed yet whose number is in `capped`.
+
+    `built` has `phone_number` (`apply_skips`). Rows keep their order.
+    """
+    return _fail_by_number(
+        built,
+        built["phone_number"],
+        pl.DataFrame({"phone_number": list(capped), _MATCH: True}, schema=_CAPPED_SCHEMA),
+        FailureCode.FREQUENCY_CAPPED,
+        reason=pl.lit(cap.refusal()),
     )
 
 

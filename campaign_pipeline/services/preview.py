@@ -2,8 +2,11 @@
 
 The same code path as a run: the campaign's message read from its row as the claim reads it,
 pending recipients streamed with `CampaignStore.iter_pending_recipients` in the run's chunks,
-and `build_payloads` with the queue's `MaximumMessageSize`. Nothing is written anywhere; SQS is
-asked only for that size, and when it is not configured 1 MiB (its default) is assumed.
+and `build_payloads` with the queue's `MaximumMessageSize`, then the skips a run would decide
+(the frequency cap asked, not reserved). Nothing is sent or reserved; the one write is the
+cap's memory of the organization's recent marketing messages, filled from the audience as a
+run would first fill it. SQS is asked only for that size, and when it is not configured 1 MiB
+(its default) is assumed.
 
 `build_preview` counts (memory bounded by one chunk and the sample) for the `preview_campaign`
 job and, through `preview_report`, for the `preview` command and the HTTP API's
@@ -35,7 +38,8 @@ from campaign_pipeline.payloads import CampaignMessage, build_payloads, check_ca
 from campaign_pipeline.privacy import mask_phone_numbers, masked_phone_number
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
-from campaign_pipeline.sending.skips import apply_skips
+from campaign_pipeline.sending.frequency import frequency_cap_for
+from campaign_pipeline.sending.skips import apply_skips, skip_frequency_capped
 from campaign_pipeline.services.sqs_health import (
     CHECK_CONNECT_TIMEOUT_SECONDS,
     CHECK_MAX_ATTEMPTS,
@@ -44,6 +48,7 @@ from campaign_pipeline.services.sqs_health import (
     REGION_VARIABLE,
     error_reason,
 )
+from campaign_pipeline.settings import campaign_frequency_cap
 from campaign_pipeline.store.records import campaign_message
 from campaign_pipeline.text import canonical_campaign_id, one_line
 
@@ -164,14 +169,22 @@ def _built_chunks(
     store: CampaignStore, campaign: PreviewCampaign, max_message_bytes: int, chunk_size: int
 ) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
     """Each chunk of pending recipients with its payloads and skips, as a run would decide."""
+    message = campaign.message
+    cap = frequency_cap_for(store.organizations, message, campaign_frequency_cap())
+    if cap is not None:
+        store.marketing_sends.count_history(message.organization_id, cap.seconds)
     for chunk in store.audience.pending_chunks(campaign.id, chunk_size):
-        built = build_payloads(campaign.message, chunk, max_message_bytes)
-        yield (
-            chunk,
-            apply_skips(
-                store.audience, store.suppressions, campaign.message, built, chunk["phone_number"]
-            ),
+        built = build_payloads(message, chunk, max_message_bytes)
+        skipped = apply_skips(
+            store.audience, store.suppressions, message, built, chunk["phone_number"]
         )
+        if cap is not None:
+            numbers = skipped.filter(pl.col("failure_code").is_null())["phone_number"]
+            capped = store.marketing_sends.over_cap(
+                message.organization_id, message.campaign_id, cap, numbers.to_list()
+            )
+            skipped = skip_frequency_capped(skipped, capped, cap)
+        yield chunk, skipped
 
 
 @dataclass

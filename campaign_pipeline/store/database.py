@@ -7,6 +7,8 @@ from campaign_pipeline.store.campaigns import Campaigns
 from campaign_pipeline.store.claims import Claims
 from campaign_pipeline.store.control import Control
 from campaign_pipeline.store.engine import default_database_url, make_engine
+from campaign_pipeline.store.marketing_sends import MarketingSends
+from campaign_pipeline.store.organizations import Organizations
 from campaign_pipeline.store.schema import create_schema
 from campaign_pipeline.store.suppressions import Suppressions
 from campaign_pipeline.store.sweeps import Sweeps
@@ -17,7 +19,8 @@ class CampaignDatabase:
 
     `claims` serve a run's claim and lease, `audience` its pending stream and outcome writes,
     `sweeps` the sensors, `control` the operators, `campaigns` everyone who reads a row,
-    `suppressions` the organizations' opt-outs.
+    `suppressions` the organizations' opt-outs, `organizations` their own settings,
+    `marketing_sends` the frequency cap's memory and reservations.
     """
 
     def __init__(self, engine: sa.Engine) -> None:
@@ -28,6 +31,8 @@ class CampaignDatabase:
         self.sweeps = Sweeps(engine)
         self.control = Control(engine)
         self.suppressions = Suppressions(engine)
+        self.organizations = Organizations(engine)
+        self.marketing_sends = MarketingSends(engine)
 
     @classmethod
     def connect(cls, url: str | None = None) -> "CampaignDatabase":

@@ -1,6 +1,7 @@
 """The campaign store's tables (SQLAlchemy Core, SQLite and PostgreSQL), and their upgrade."""
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 metadata = sa.MetaData()
 
@@ -118,6 +119,37 @@ suppressions = sa.Table(
     ),
     # What a send has not seen yet: the organization's suppressions since its last look.
     sa.Index("ix_suppressions_organization_created_at", "organization_id", "created_at"),
+)
+
+# An organization's own settings (NULL: the default). `frequency_cap` is `N/DURATION` or `off`
+# (`frequency_caps`); `marketing_counted_since`: `marketing_sends` holds every marketing message
+# the organization queued since then (NULL: not known to, so a capped send counts them first).
+organizations = sa.Table(
+    "organizations",
+    metadata,
+    sa.Column("organization_id", sa.String(36), primary_key=True),
+    sa.Column("frequency_cap", sa.String(32)),
+    sa.Column("marketing_counted_since", sa.DateTime(timezone=True)),
+)
+
+# The frequency cap's memory: for each organization and number, when its recent marketing
+# messages were queued and by which campaigns (parallel arrays; JSON lists on SQLite). One row
+# per number, so a reservation locks it (see `store.marketing_sends`).
+marketing_sends = sa.Table(
+    "marketing_sends",
+    metadata,
+    sa.Column("organization_id", sa.String(36), primary_key=True),
+    sa.Column("phone_number", sa.Text, primary_key=True),
+    sa.Column(
+        "sent_at",
+        postgresql.ARRAY(sa.DateTime(timezone=True)).with_variant(sa.JSON(), "sqlite"),
+        nullable=False,
+    ),
+    sa.Column(
+        "campaign_ids",
+        postgresql.ARRAY(sa.String(36)).with_variant(sa.JSON(), "sqlite"),
+        nullable=False,
+    ),
 )
 
 

@@ -23,12 +23,14 @@ from campaign_pipeline.lifecycle import STOPPED_STATUSES
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
 from campaign_pipeline.sending import guards
+from campaign_pipeline.sending.frequency import cap_for_sending
 from campaign_pipeline.sending.lease import Lease, acquire, pause_for_termination
 from campaign_pipeline.sending.pacing import rate_per_step
 from campaign_pipeline.sending.shard import ShardSend
 from campaign_pipeline.sending.stats import SendStats, merge_stats
 from campaign_pipeline.sending.stop import describe_stop
 from campaign_pipeline.settings import (
+    campaign_frequency_cap,
     campaign_max_invalid_fraction,
     campaign_max_messages_per_second,
     campaign_max_rejected,
@@ -196,6 +198,12 @@ def send_campaign_messages(
     with as_dagster_failures(sqs_queue.queue_url, retry_transient=False):
         try:
             max_rejected = campaign_max_rejected()
+            frequency_cap = cap_for_sending(
+                campaign_store.organizations,
+                campaign_store.marketing_sends,
+                campaign.message,
+                campaign_frequency_cap(),
+            )
             queue = sqs_queue.batch_queue()
         except Exception:
             lease.release()
@@ -207,6 +215,8 @@ def send_campaign_messages(
             queue,
             campaign_store.suppressions,
             id_range=shard.id_range,
+            marketing_sends=campaign_store.marketing_sends,
+            frequency_cap=frequency_cap,
             recipients_per_chunk=campaign.recipients_per_chunk,
             outcomes_per_write=campaign.outcomes_per_write,
             max_messages_per_second=shard.max_messages_per_second,
@@ -232,6 +242,8 @@ def send_campaign_messages(
             context.log.warning(f"{done}; `campaign-pipeline resume {campaign.id}` continues it")
             raise
     context.add_output_metadata(send_metadata(stats, queue.queue_url))
+    if frequency_cap is not None:
+        context.add_output_metadata({"frequency_cap": frequency_cap.text})
     stopped = f" (stopped: campaign {stats.stopped})" if stats.stopped else ""
     context.log.info(
         f"Campaign {campaign.id}: {stats.queued} queued, {stats.failed} failed, "
