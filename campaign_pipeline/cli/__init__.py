@@ -14,7 +14,15 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from campaign_pipeline.cli import api, control, demo, inspection, processing, suppress
+from campaign_pipeline.cli import (
+    api,
+    control,
+    demo,
+    frequency_cap,
+    inspection,
+    processing,
+    suppress,
+)
 from campaign_pipeline.cli.common import PROG, CliError, ParentParsers, err
 from campaign_pipeline.errors import CampaignPipelineError
 from campaign_pipeline.text import one_line
@@ -40,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     processing.add_commands(commands, parents)
     control.add_commands(commands, parents)
     suppress.add_commands(commands, parents)
+    frequency_cap.add_commands(commands, parents)
     inspection.add_commands(commands, parents)
     demo.add_commands(commands, parents)
     api.add_commands(commands, parents)

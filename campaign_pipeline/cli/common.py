@@ -8,7 +8,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -20,6 +21,7 @@ from sqlalchemy.engine import make_url
 
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
+from campaign_pipeline.store.engine import default_database_url
 from campaign_pipeline.text import (
     canonical_campaign_id,
     database_reason,
@@ -115,6 +117,21 @@ def open_store(url: str) -> CampaignStore:
             f"the campaign database {shown} has no {' or '.join(missing)} table; {init_hint}"
         )
     return store
+
+
+@contextmanager
+def store_in_use() -> Iterator[CampaignStore]:
+    """The store in CAMPAIGN_DATABASE_URL; a database that fails is one line, then closed."""
+    url = default_database_url()
+    store = open_store(url)
+    try:
+        yield store
+    except sa.exc.SQLAlchemyError as error:
+        raise CliError(
+            f"cannot use {display_database_url(url)}: {database_reason(error)}"
+        ) from None
+    finally:
+        store.engine.dispose()
 
 
 def open_queue(queue_url: str | None = None) -> SqsQueue:

@@ -6,23 +6,17 @@ marketing campaign): it ends `failed`, `failure_code = 'opted_out'`.
 """
 
 import argparse
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-
-import sqlalchemy as sa
 
 from campaign_pipeline.cli.common import (
     PROG,
     CliError,
     Commands,
     ParentParsers,
-    database_reason,
-    display_database_url,
     err,
-    open_store,
     out,
     pretty,
+    store_in_use,
 )
 from campaign_pipeline.cli.control import operator
 from campaign_pipeline.errors import SuppressionFileError
@@ -32,8 +26,7 @@ from campaign_pipeline.services.suppressions import (
     suppress,
     unsuppress,
 )
-from campaign_pipeline.store.engine import default_database_url
-from campaign_pipeline.store.suppressions import DEFAULT_SCOPE, SCOPES, Suppressions
+from campaign_pipeline.store.suppressions import DEFAULT_SCOPE, SCOPES
 
 # `import`'s exit status when some lines were rejected (the others added).
 SOME_REJECTED = 1
@@ -41,26 +34,11 @@ SOME_REJECTED = 1
 REJECTED_SHOWN = 50
 
 
-@contextmanager
-def _suppressions() -> Iterator[Suppressions]:
-    """The list in CAMPAIGN_DATABASE_URL; a database that fails is one line, then closed."""
-    url = default_database_url()
-    store = open_store(url)
-    try:
-        yield store.suppressions
-    except sa.exc.SQLAlchemyError as error:
-        raise CliError(
-            f"cannot use {display_database_url(url)}: {database_reason(error)}"
-        ) from None
-    finally:
-        store.engine.dispose()
-
-
 def cmd_add(args: argparse.Namespace) -> int:
     """Suppress numbers; one malformed number changes nothing."""
-    with _suppressions() as suppressions:
+    with store_in_use() as store:
         added = suppress(
-            suppressions,
+            store.suppressions,
             args.organization_id,
             args.phone_numbers,
             args.scope,
@@ -76,8 +54,8 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def cmd_remove(args: argparse.Namespace) -> int:
     """Take numbers off the list."""
-    with _suppressions() as suppressions:
-        removed = unsuppress(suppressions, args.organization_id, args.phone_numbers)
+    with store_in_use() as store:
+        removed = unsuppress(store.suppressions, args.organization_id, args.phone_numbers)
     missing = len(set(args.phone_numbers)) - removed
     out(
         f"organization {args.organization_id}: {removed} removed"
@@ -89,8 +67,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     """The organization's suppressions, by number."""
     organization_id = check_organization_id(args.organization_id)
-    with _suppressions() as suppressions:
-        listed = suppressions.listed(organization_id)
+    with store_in_use() as store:
+        listed = store.suppressions.listed(organization_id)
     if args.json:
         out(pretty([suppression.as_dict() for suppression in listed]))
         return 0
@@ -106,10 +84,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Suppress every valid number of a file; name the lines that hold none."""
-    with _suppressions() as suppressions:
+    with store_in_use() as store:
         try:
             result = import_file(
-                suppressions,
+                store.suppressions,
                 args.organization_id,
                 args.file,
                 args.scope,

@@ -82,7 +82,7 @@ _RELEASE = sa.text(
 _COUNT_HISTORY = sa.text(
     """
     INSERT INTO marketing_sends AS f (organization_id, phone_number, sent_at, campaign_ids)
-    SELECT :organization_id, audience.phone_number,
+    SELECT CAST(:organization_id AS varchar(36)), audience.phone_number,
            array_agg(audience.updated_at ORDER BY audience.updated_at),
            array_agg(audience.campaign_id ORDER BY audience.updated_at)
     FROM campaign_audience AS audience
