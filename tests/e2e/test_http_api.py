@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -41,6 +42,7 @@ from tests.e2e.conftest import (
     DagsterProcesses,
     add_campaign,
     assert_every_recipient_accounted_for,
+    audience_outcomes,
     instance_environment,
     run_cli,
     sent_audience_ids,
@@ -398,6 +400,57 @@ def test_preview_is_the_cli_document(api: ApiStack) -> None:
     document = response.json()
     assert document["recipients"] == 9 and document["valid"] == 7 and len(document["sample"]) == 3
     assert document == cli_json(api, "preview", campaign_id, "--limit", "3")
+
+
+def test_frequency_capped_recipients_show_in_the_preview_and_the_campaign_document(
+    api: ApiStack,
+) -> None:
+    """An organization capped at 1/1h sends a second campaign to the same numbers: the API's
+    preview counts the capped ones first, its campaign document counts them by code after."""
+    organization = f"org-{uuid.uuid4().hex[:8]}"
+    api.store.organizations.set_frequency_cap(organization, "1/1h")
+    numbers = [f"+4479463{index:05d}" for index in range(30)]
+
+    def add(recipients: list[str]) -> str:
+        campaign_id = api.store.campaigns.add(
+            organization_id=organization,
+            name="capped",
+            status="asset_generated",
+            message_type="template",
+            template_name="spring_sale",
+            template_language="en",
+        )
+        api.store.campaigns.add_recipients(
+            campaign_id, [{"phone_number": number, "name": "R"} for number in recipients]
+        )
+        return campaign_id
+
+    first, second = add(numbers[:20]), add(numbers)
+    with api.client() as client:
+        assert client.post(f"/api/campaigns/{first}/process-messages").status_code == 202
+        wait_for_campaign(api.store, first, RUN_START_SECONDS + 60)
+        preview = client.get(f"/api/campaigns/{second}/preview").json()
+        assert preview["skipped"]["frequency_capped"] == 20, preview
+        assert (preview["recipients"], preview["valid"]) == (30, 10)
+        assert client.post(f"/api/campaigns/{second}/process-messages").status_code == 202
+        counts = wait_for_campaign(api.store, second, RUN_START_SECONDS + 60)
+        document = wait_until(
+            lambda: (
+                (answer := client.get(f"/api/campaigns/{second}").json())["runs"]
+                and answer["runs"][0]["status"] == "SUCCESS"
+                and answer
+            ),
+            30,
+            "the second run to end SUCCESS in the campaign's status",
+        )
+    assert counts == {"pending": 0, "ready_to_send": 10, "failed": 20}
+    assert document["failed_by_code"] == {"frequency_capped": 20}
+    assert cli_json(api, "status", second) == document
+    sent, message_ids = sent_audience_ids(api.sqs, api.env["AWS_SQS_QUEUE_URL"])
+    for campaign_id in (first, second):
+        ids = {row["id"] for row in audience_outcomes(api.store, campaign_id)}
+        mine = Counter({id_: count for id_, count in sent.items() if id_ in ids})
+        assert_every_recipient_accounted_for(api.store, campaign_id, mine, message_ids)
 
 
 def test_suppressions_are_listed_with_a_read_token_and_changed_with_an_operator_token(

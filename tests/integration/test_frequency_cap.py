@@ -243,3 +243,38 @@ def test_frequency_cap_set_show_and_clear_from_the_command_line(
     assert sqlite_store.organizations.frequency_cap(ORGANIZATION) is None
     env["CAMPAIGN_FREQUENCY_CAP"] = "weekly"
     assert_one_line_error(cli("show", ORGANIZATION), "CAMPAIGN_FREQUENCY_CAP", "'weekly'")
+
+
+def test_capped_recipients_show_in_preview_status_and_the_runs_metadata(
+    store: CampaignStore,
+    make_sqs_queue: Callable[..., SqsQueue],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """`preview --json` counts them before the run, which then fails exactly those; `status
+    --json`, the text and the send step's metadata count them by code."""
+    monkeypatch.setenv("CAMPAIGN_FREQUENCY_CAP", "1/24h")
+    queue = make_sqs_queue(fifo=False)
+    assert run_job(store, queue, add_campaign(store, NUMBERS[:6])).success
+    campaign_id = add_campaign(store, NUMBERS[:10])
+    env = dict(os.environ) | {"CAMPAIGN_DATABASE_URL": str(store.database_url)}
+
+    preview = run_cli("preview", campaign_id, "--json", env=env, cwd=tmp_path)
+    document = json.loads(preview.stdout)
+    assert (document["recipients"], document["valid"]) == (10, 4), preview.stderr
+    assert document["skipped"] == {"duplicate": 0, "opted_out": 0, "frequency_capped": 6}
+    result = run_job(store, queue, campaign_id)
+    assert result.success
+    status = json.loads(run_cli("status", campaign_id, "--json", env=env, cwd=tmp_path).stdout)
+    assert status["failed_by_code"] == {"frequency_capped": 6}
+    assert status["counts"] == {"pending": 0, "ready_to_send": 4, "failed": 6}
+    table = run_cli("status", campaign_id, env=env, cwd=tmp_path).stdout
+    assert "\nfailed      6 frequency_capped\n" in table, table
+    (step,) = [
+        event
+        for event in result.all_node_events
+        if event.is_successful_output and event.step_key.startswith("send_campaign_messages")
+    ]
+    metadata = step.step_output_data.metadata
+    assert metadata["failed_by_code"].value == {"frequency_capped": 6}
+    assert metadata["frequency_cap"].value == "1/24h"
