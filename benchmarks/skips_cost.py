@@ -1,13 +1,16 @@
-"""What deciding duplicates and opt-outs costs a send, against the same campaign without them.
+"""What deciding duplicates, opt-outs and the frequency cap costs a send, against the same campaign without them.
 
 Seeds, in a throwaway PostgreSQL database, two campaigns of N recipients (default 1,000,000)
 with the same recipients (`dataset.recipient`, 1% invalid numbers): `plain`, of an organization
-with no suppressions, and `skips`, of an organization with a suppression list of `--suppressed`
-numbers (default 100,000; 10% of them the campaign's own) and 1% of its recipients given the
-number of another recipient. Then sends each, alternating, `--repeats` times, with
-`ShardSend(...).run()` in this process (the op's chunk and write window) to the null sink
-(everything but SQS) or to fauxqs on loopback, and reports each round's `skips / plain` time:
-the cost of the skips is that ratio minus one. Issue 19 allows under 15%. One JSON line:
+with no suppressions and no cap, and `skips`, of an organization with a suppression list of
+`--suppressed` numbers (default 100,000; 10% of them the campaign's own), 1% of its recipients
+given the number of another recipient, and a frequency cap (`--cap`, default 2/7d) under which
+every number already had one marketing message from another campaign and every 100th two (so
+each chunk's reservation updates a row per number, and 1% are capped). Then sends each,
+alternating, `--repeats` times, with `ShardSend(...).run()` in this process (the op's chunk and
+write window, the op's cap lookup first) to the null sink (everything but SQS) or to fauxqs on
+loopback, and reports each round's `skips / plain` time: the cost of the skips is that ratio
+minus one. Issue 19 allows under 15%. One JSON line:
 
     python benchmarks/skips_cost.py [--recipients 1000000] [--sink null|fauxqs] [--repeats 3]
 """
@@ -30,8 +33,10 @@ from pipeline_runner import null_batch_queue
 from sqs_endpoints import FAKE_CREDENTIALS, REGION, fauxqs_server, fauxqs_version, fresh_queue
 
 from campaign_pipeline.defs.ops.config import CampaignConfig
+from campaign_pipeline.frequency_caps import FrequencyCap, parse_frequency_cap
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
+from campaign_pipeline.sending.frequency import cap_for_sending
 from campaign_pipeline.sending.lease import Lease
 from campaign_pipeline.sending.shard import ShardSend
 from campaign_pipeline.sending.stats import SendStats
@@ -79,19 +84,42 @@ def add_skips_campaign(url: str, plain_id: str, suppressed: int) -> str:
             "'benchmark' FROM generate_series(1, %s) AS n",
             (SKIPS_ORGANIZATION, skips_id, own, SKIPS_ORGANIZATION, suppressed - own),
         )
+        # One marketing message from an earlier campaign an hour ago to every valid number, two
+        # (the second two hours ago) to every 100th.
+        connection.execute(
+            "INSERT INTO marketing_sends (organization_id, phone_number, sent_at, campaign_ids) "
+            "SELECT %s, phone_number, CASE WHEN n %% 100 = 0 THEN "
+            "ARRAY[now() - interval '2 hours', now() - interval '1 hour'] "
+            "ELSE ARRAY[now() - interval '1 hour'] END, CASE WHEN n %% 100 = 0 THEN "
+            "ARRAY['earlier-1', 'earlier-2']::varchar[] ELSE ARRAY['earlier-1']::varchar[] END "
+            "FROM (SELECT phone_number, row_number() OVER (ORDER BY phone_number) AS n FROM "
+            "(SELECT DISTINCT phone_number FROM campaign_audience WHERE campaign_id = %s "
+            "AND phone_number LIKE '+%%') AS valid) AS numbered",
+            (SKIPS_ORGANIZATION, skips_id),
+        )
     with psycopg.connect(url, autocommit=True) as connection:
         connection.execute("VACUUM ANALYZE")
     return skips_id
 
 
-def send(store: CampaignStore, campaign_id: str, run_id: str, queue: object) -> SendStats:
+def send(
+    store: CampaignStore,
+    campaign_id: str,
+    run_id: str,
+    queue: object,
+    default_cap: FrequencyCap | None,
+) -> SendStats:
     claim = store.claims.claim(campaign_id, run_id, DEFAULTS.lease_seconds)
+    # As the send op does: the organization's cap, its history counted first.
+    cap = cap_for_sending(store.organizations, store.marketing_sends, claim.message, default_cap)
     return ShardSend(
         claim.message,
         Lease(store.claims, campaign_id, run_id, DEFAULTS.lease_seconds),
         store.audience,
         queue,  # type: ignore[arg-type]
         store.suppressions,
+        marketing_sends=store.marketing_sends,
+        frequency_cap=cap,
         recipients_per_chunk=DEFAULTS.recipients_per_chunk,
         outcomes_per_write=DEFAULTS.outcomes_per_write,
     ).run()
@@ -103,6 +131,7 @@ def main() -> None:
     parser.add_argument("--suppressed", type=int, default=100_000)
     parser.add_argument("--sink", choices=("null", "fauxqs"), default="null")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cap", type=parse_frequency_cap, default=parse_frequency_cap("2/7d"))
     args = parser.parse_args()
     seconds: dict[str, list[float]] = {"plain": [], "skips": []}
     failed: dict[str, dict[str, int]] = {}
@@ -123,7 +152,8 @@ def main() -> None:
                         queue_url=queue_url, region_name=REGION, endpoint_url=endpoint
                     ).batch_queue()
                 started = time.perf_counter()
-                stats = send(store, campaign_id, f"{kind}-{repeat}", queue)
+                cap = args.cap if kind == "skips" else None
+                stats = send(store, campaign_id, f"{kind}-{repeat}", queue, cap)
                 seconds[kind].append(time.perf_counter() - started)
                 failed[kind] = dict(stats.failed_by_code)
         store.engine.dispose()
@@ -133,6 +163,7 @@ def main() -> None:
             {
                 "recipients": args.recipients,
                 "suppressed": args.suppressed,
+                "cap": args.cap.text,
                 "sink": args.sink if endpoint is None else f"fauxqs {fauxqs_version()}",
                 "repeats": args.repeats,
                 "failed_by_code": failed,

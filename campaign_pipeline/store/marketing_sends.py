@@ -1,12 +1,12 @@
 """The frequency cap's memory and reservations: each number's recent marketing messages.
 
 A send reserves a chunk's numbers before queueing them. On PostgreSQL that is one statement: an
-upsert of every number (in order, so racing sends lock rows in the same order) that appends the
-campaign's entry only where fewer than N entries of other campaigns are younger than the
-window, and returns the numbers it granted. The row lock and the re-checked condition make
-racing campaigns, runs, shards and workers queue no number past the cap. A campaign holds at
-most one entry per number, so a resumed send re-reserves what a crashed one held. Entries of
-recipients that were not queued are released. On SQLite the same is done in Python inside a
+upsert of every number (in order, so racing sends lock rows in the same order) that prunes each
+row to the other campaigns' entries inside the window and appends the campaign's own only where
+fewer than N are left, and returns the numbers it refused. The row lock, and the entries read
+from the row's latest version, make racing campaigns, runs, shards and workers queue no number
+past the cap. A campaign holds at most one entry per number, so a resumed send re-reserves
+what a crashed one held. Entries of recipients that were not queued are released. On SQLite the same is done in Python inside a
 transaction that writes first, which takes SQLite's one write lock.
 
 History: a send with a cap first makes sure the organization's marketing messages of the last
@@ -43,18 +43,32 @@ _OTHERS_IN_WINDOW = """
     WHERE entry.sent_at > now() - make_interval(secs => :seconds)
       AND entry.campaign_id <> :campaign_id
 """
+# Each number's row is locked and its entries read once: those of other campaigns inside the
+# window are kept, and the campaign's own is appended when fewer than N of them are left. Only
+# the numbers refused come back.
 _RESERVE = sa.text(
     f"""
-    INSERT INTO marketing_sends AS f (organization_id, phone_number, sent_at, campaign_ids)
-    SELECT :organization_id, number, ARRAY[now()], ARRAY[CAST(:campaign_id AS varchar(36))]
-    FROM unnest(:numbers) AS number
-    ORDER BY number
-    ON CONFLICT (organization_id, phone_number) DO UPDATE SET
-        sent_at = ARRAY(SELECT entry.sent_at {_OTHERS_IN_WINDOW}) || now(),
-        campaign_ids = ARRAY(SELECT entry.campaign_id {_OTHERS_IN_WINDOW})
-            || CAST(:campaign_id AS varchar(36))
-    WHERE (SELECT count(*) {_OTHERS_IN_WINDOW}) < :messages
-    RETURNING phone_number
+    WITH reserved AS (
+        INSERT INTO marketing_sends AS f (organization_id, phone_number, sent_at, campaign_ids)
+        SELECT :organization_id, number, ARRAY[now()], ARRAY[CAST(:campaign_id AS varchar(36))]
+        FROM unnest(:numbers) AS number
+        ORDER BY number
+        ON CONFLICT (organization_id, phone_number) DO UPDATE SET (sent_at, campaign_ids) = (
+            SELECT
+                CASE WHEN count(*) < :messages
+                    THEN coalesce(array_agg(entry.sent_at), '{{}}') || now()
+                    ELSE coalesce(array_agg(entry.sent_at), '{{}}')
+                END,
+                CASE WHEN count(*) < :messages
+                    THEN coalesce(array_agg(entry.campaign_id), '{{}}')
+                        || CAST(:campaign_id AS varchar(36))
+                    ELSE coalesce(array_agg(entry.campaign_id), '{{}}')
+                END
+            {_OTHERS_IN_WINDOW}
+        )
+        RETURNING phone_number, campaign_ids[cardinality(campaign_ids)] = :campaign_id AS granted
+    )
+    SELECT phone_number FROM reserved WHERE NOT granted
     """
 ).bindparams(sa.bindparam("numbers", type_=_TEXT_ARRAY))
 _OVER_CAP = sa.text(
@@ -126,7 +140,7 @@ class MarketingSends:
             return set()
         with self.engine.begin() as connection:
             if connection.dialect.name == "postgresql":
-                return set(
+                return set(numbers) - set(
                     connection.execute(
                         _RESERVE,
                         {
