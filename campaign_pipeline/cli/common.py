@@ -119,16 +119,41 @@ def open_store(url: str) -> CampaignStore:
     return store
 
 
+def organization_subcommands(
+    commands: Commands, parents: ParentParsers, name: str, summary: str, description: str
+) -> Callable[[str, str], argparse.ArgumentParser]:
+    """Add the command `name`; returns a maker of its subcommands, each on an ORGANIZATION_ID."""
+    parser = commands.add_parser(
+        name, parents=[parents.common], help=summary, description=description
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def with_organization(action: str, action_summary: str) -> argparse.ArgumentParser:
+        subcommand = actions.add_parser(
+            action,
+            parents=[parents.common],
+            help=action_summary,
+            description=action_summary + ".",
+        )
+        subcommand.add_argument("organization_id", metavar="ORGANIZATION_ID")
+        return subcommand
+
+    return with_organization
+
+
 @contextmanager
-def store_in_use() -> Iterator[CampaignStore]:
-    """The store in CAMPAIGN_DATABASE_URL; a database that fails is one line, then closed."""
+def store_in_use(doing: str = "use") -> Iterator[CampaignStore]:
+    """The store in CAMPAIGN_DATABASE_URL, closed afterwards.
+
+    A database that fails is one line: `cannot {doing} {url}: {why}`.
+    """
     url = default_database_url()
     store = open_store(url)
     try:
         yield store
     except sa.exc.SQLAlchemyError as error:
         raise CliError(
-            f"cannot use {display_database_url(url)}: {database_reason(error)}"
+            f"cannot {doing} {display_database_url(url)}: {database_reason(error)}"
         ) from None
     finally:
         store.engine.dispose()

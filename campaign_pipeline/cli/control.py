@@ -11,23 +11,18 @@ import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-import sqlalchemy as sa
-
 from campaign_pipeline.cli.common import (
     CliError,
     Commands,
     ParentParsers,
-    database_reason,
-    display_database_url,
-    open_store,
     out,
     parse_campaign_id,
+    store_in_use,
 )
 from campaign_pipeline.errors import CampaignControlError
 from campaign_pipeline.lifecycle import Command
 from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.settings import campaign_processing_interval_seconds
-from campaign_pipeline.store.engine import default_database_url
 from campaign_pipeline.store.records import ControlResult
 
 AFTER = {
@@ -59,18 +54,11 @@ def _after(result: ControlResult) -> str:
 
 def _change(campaign_id: str, change: Callable[[CampaignStore], ControlResult]) -> ControlResult:
     """Apply one change to the campaign in CAMPAIGN_DATABASE_URL; problems are `CliError`s."""
-    url = default_database_url()
-    store = open_store(url)
-    try:
-        return change(store)
-    except CampaignControlError as error:
-        raise CliError(str(error)) from None
-    except sa.exc.SQLAlchemyError as error:
-        raise CliError(
-            f"cannot update {display_database_url(url)}: {database_reason(error)}"
-        ) from None
-    finally:
-        store.engine.dispose()
+    with store_in_use("update") as store:
+        try:
+            return change(store)
+        except CampaignControlError as error:
+            raise CliError(str(error)) from None
 
 
 def _apply(args: argparse.Namespace, command: Command) -> int:

@@ -11,6 +11,7 @@ from campaign_pipeline.cli.common import (
     CliError,
     Commands,
     ParentParsers,
+    organization_subcommands,
     out,
     pretty,
     store_in_use,
@@ -81,24 +82,16 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def add_commands(commands: Commands, parents: ParentParsers) -> None:
     """Add `frequency-cap` and its subcommands."""
-    parser = commands.add_parser(
+    with_organization = organization_subcommands(
+        commands,
+        parents,
         "frequency-cap",
-        parents=[parents.common],
-        help="how many marketing messages one person may get from an organization",
-        description="An organization's own frequency cap in CAMPAIGN_DATABASE_URL; without "
-        "one, CAMPAIGN_FREQUENCY_CAP holds (unset: no cap). A marketing campaign does not "
-        "queue a recipient whose number already had N marketing messages from the "
-        "organization within DURATION: it ends failed with failure_code 'frequency_capped'.",
+        "how many marketing messages one person may get from an organization",
+        "An organization's own frequency cap in CAMPAIGN_DATABASE_URL; without one, "
+        "CAMPAIGN_FREQUENCY_CAP holds (unset: no cap). A marketing campaign does not queue a "
+        "recipient whose number already had N marketing messages from the organization within "
+        "DURATION: it ends failed with failure_code 'frequency_capped'.",
     )
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-
-    def with_organization(name: str, summary: str) -> argparse.ArgumentParser:
-        action = actions.add_parser(
-            name, parents=[parents.common], help=summary, description=summary + "."
-        )
-        action.add_argument("organization_id", metavar="ORGANIZATION_ID")
-        return action
-
     setting = with_organization("set", "give the organization its own cap")
     setting.add_argument(
         "cap",

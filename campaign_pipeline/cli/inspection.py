@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import dagster as dg
-import sqlalchemy as sa
 
 from campaign_pipeline.cli.common import (
     PROG,
@@ -16,14 +15,13 @@ from campaign_pipeline.cli.common import (
     CliError,
     Commands,
     ParentParsers,
-    database_reason,
     display_database_url,
     err,
     open_queue,
-    open_store,
     out,
     parse_campaign_id,
     pretty,
+    store_in_use,
     whole_number,
 )
 from campaign_pipeline.resources.campaign_store import CampaignStore
@@ -132,18 +130,11 @@ def _runs(campaign_id: str) -> list[RunSummary]:
 
 def _read_campaign(campaign_id: str, read: Callable[[CampaignStore], T]) -> T:
     """`read(store)` on the campaign store, once the campaign is known to exist there."""
-    url = default_database_url()
-    store = open_store(url)
-    try:
+    with store_in_use("read campaigns from") as store:
         if store.campaigns.get(campaign_id) is None:
-            raise CliError(f"campaign {campaign_id} does not exist in {display_database_url(url)}")
+            shown = display_database_url(default_database_url())
+            raise CliError(f"campaign {campaign_id} does not exist in {shown}")
         return read(store)
-    except sa.exc.SQLAlchemyError as error:
-        raise CliError(
-            f"cannot read campaigns from {display_database_url(url)}: {database_reason(error)}"
-        ) from None
-    finally:
-        store.engine.dispose()
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from campaign_pipeline.cli.common import (
     Commands,
     ParentParsers,
     err,
+    organization_subcommands,
     out,
     pretty,
     store_in_use,
@@ -109,23 +110,16 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def add_commands(commands: Commands, parents: ParentParsers) -> None:
     """Add `suppress` and its subcommands."""
-    suppress_parser = commands.add_parser(
+    with_organization = organization_subcommands(
+        commands,
+        parents,
         "suppress",
-        parents=[parents.common],
-        help="numbers an organization never messages (opt-outs)",
-        description="Manage an organization's suppression list in CAMPAIGN_DATABASE_URL. A "
-        "run does not queue a recipient whose number is on it for the campaign's organization "
-        "(scope 'all', or 'marketing' for a marketing campaign): it ends failed with "
-        "failure_code 'opted_out'. Numbers are E.164 (+ and 8 to 15 digits).",
+        "numbers an organization never messages (opt-outs)",
+        "Manage an organization's suppression list in CAMPAIGN_DATABASE_URL. A run does not "
+        "queue a recipient whose number is on it for the campaign's organization (scope 'all', "
+        "or 'marketing' for a marketing campaign): it ends failed with failure_code "
+        "'opted_out'. Numbers are E.164 (+ and 8 to 15 digits).",
     )
-    actions = suppress_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-
-    def with_organization(name: str, summary: str) -> argparse.ArgumentParser:
-        parser = actions.add_parser(
-            name, parents=[parents.common], help=summary, description=summary + "."
-        )
-        parser.add_argument("organization_id", metavar="ORGANIZATION_ID")
-        return parser
 
     def with_scope(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(

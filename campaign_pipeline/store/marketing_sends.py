@@ -6,8 +6,9 @@ row to the other campaigns' entries inside the window and appends the campaign's
 fewer than N are left, and returns the numbers it refused. The row lock, and the entries read
 from the row's latest version, make racing campaigns, runs, shards and workers queue no number
 past the cap. A campaign holds at most one entry per number, so a resumed send re-reserves
-what a crashed one held. Entries of recipients that were not queued are released. On SQLite the same is done in Python inside a
-transaction that writes first, which takes SQLite's one write lock.
+what a crashed one held. Entries of recipients that were not queued are released. On SQLite
+the same is done in Python inside a transaction that writes first, which takes SQLite's one
+write lock.
 
 History: a send with a cap first makes sure the organization's marketing messages of the last
 window are in the table (`count_history`), since messages queued while no cap held were not
@@ -140,18 +141,8 @@ class MarketingSends:
             return set()
         with self.engine.begin() as connection:
             if connection.dialect.name == "postgresql":
-                return set(numbers) - set(
-                    connection.execute(
-                        _RESERVE,
-                        {
-                            "organization_id": organization_id,
-                            "campaign_id": campaign_id,
-                            "numbers": numbers,
-                            "seconds": cap.seconds,
-                            "messages": cap.messages,
-                        },
-                    ).scalars()
-                )
+                parameters = _parameters(organization_id, campaign_id, numbers, cap)
+                return set(numbers) - set(connection.execute(_RESERVE, parameters).scalars())
             return _sqlite_reserve(connection, organization_id, campaign_id, cap, numbers)
 
     def release(self, organization_id: str, campaign_id: str, phone_numbers: Iterable[str]) -> None:
@@ -161,14 +152,7 @@ class MarketingSends:
             return
         with self.engine.begin() as connection:
             if connection.dialect.name == "postgresql":
-                connection.execute(
-                    _RELEASE,
-                    {
-                        "organization_id": organization_id,
-                        "campaign_id": campaign_id,
-                        "numbers": numbers,
-                    },
-                )
+                connection.execute(_RELEASE, _parameters(organization_id, campaign_id, numbers))
                 return
             rows = _sqlite_rows(connection, organization_id, numbers)
             updates = [
@@ -195,18 +179,8 @@ class MarketingSends:
             return set()
         with self.engine.connect() as connection:
             if connection.dialect.name == "postgresql":
-                return set(
-                    connection.execute(
-                        _OVER_CAP,
-                        {
-                            "organization_id": organization_id,
-                            "campaign_id": campaign_id,
-                            "numbers": numbers,
-                            "seconds": cap.seconds,
-                            "messages": cap.messages,
-                        },
-                    ).scalars()
-                )
+                parameters = _parameters(organization_id, campaign_id, numbers, cap)
+                return set(connection.execute(_OVER_CAP, parameters).scalars())
             cutoff = time.time() - cap.seconds
             return {
                 number
@@ -254,6 +228,23 @@ class MarketingSends:
                 )
                 .values(marketing_counted_since=None)
             )
+
+
+def _parameters(
+    organization_id: str,
+    campaign_id: str,
+    numbers: list[str],
+    cap: FrequencyCap | None = None,
+) -> dict[str, Any]:
+    """The bind parameters of the PostgreSQL statements."""
+    parameters: dict[str, Any] = {
+        "organization_id": organization_id,
+        "campaign_id": campaign_id,
+        "numbers": numbers,
+    }
+    if cap is not None:
+        parameters |= {"seconds": cap.seconds, "messages": cap.messages}
+    return parameters
 
 
 def _upsert_organization(connection: sa.Connection, organization_id: str, **values: Any) -> None:

@@ -19,7 +19,7 @@ from campaign_pipeline.resources.campaign_store import CampaignStore
 from campaign_pipeline.resources.sqs_queue import SqsQueue
 from campaign_pipeline.store.schema import campaign_audience
 from tests.conftest import REGION, assert_one_line_error, run_cli
-from tests.integration.test_job import run_job
+from tests.integration.test_job import failure_message, run_job
 from tests.support.invariant import check_campaign_invariant, drain_queue
 
 ORGANIZATION = "org-cap"
@@ -278,3 +278,24 @@ def test_capped_recipients_show_in_preview_status_and_the_runs_metadata(
     metadata = step.step_output_data.metadata
     assert metadata["failed_by_code"].value == {"frequency_capped": 6}
     assert metadata["frequency_cap"].value == "1/24h"
+
+
+def test_a_bad_cap_fails_the_send_step_in_one_line_before_any_batch(
+    sqlite_store: CampaignStore,
+    make_sqs_queue: Callable[..., SqsQueue],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing is sent and the lease is let go: fixed, the campaign is sent by the next run."""
+    monkeypatch.setenv("CAMPAIGN_FREQUENCY_CAP", "once a day")
+    queue = make_sqs_queue(fifo=False)
+    campaign_id = add_campaign(sqlite_store, NUMBERS[:5])
+    result = run_job(sqlite_store, queue, campaign_id)
+    assert not result.success
+    message = failure_message(result)
+    assert message.startswith("CAMPAIGN_FREQUENCY_CAP: a frequency cap must be N/DURATION")
+    assert "\n" not in message and "Traceback" not in message
+    assert sqlite_store.audience.counts(campaign_id)["pending"] == 5
+    assert sqlite_store.campaigns.get(campaign_id)["lease_run_id"] is None
+    monkeypatch.setenv("CAMPAIGN_FREQUENCY_CAP", "1/24h")
+    assert run_job(sqlite_store, queue, campaign_id).success
+    assert sqlite_store.audience.counts(campaign_id)["ready_to_send"] == 5
