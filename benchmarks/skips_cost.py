@@ -1,4 +1,4 @@
-"""What deciding duplicates, opt-outs and the frequency cap costs a send, against the same campaign without them.
+"""What duplicates, opt-outs and the frequency cap cost a send, against the same send without.
 
 Seeds, in a throwaway PostgreSQL database, two campaigns of N recipients (default 1,000,000)
 with the same recipients (`dataset.recipient`, 1% invalid numbers): `plain`, of an organization
@@ -87,11 +87,12 @@ def add_skips_campaign(url: str, plain_id: str, suppressed: int) -> str:
         # One marketing message from an earlier campaign an hour ago to every valid number, two
         # (the second two hours ago) to every 100th.
         connection.execute(
-            "INSERT INTO marketing_sends (organization_id, phone_number, sent_at, campaign_ids) "
+            "INSERT INTO marketing_sends (organization_id, phone_number, sent_at, campaign_keys) "
             "SELECT %s, phone_number, CASE WHEN n %% 100 = 0 THEN "
             "ARRAY[now() - interval '2 hours', now() - interval '1 hour'] "
             "ELSE ARRAY[now() - interval '1 hour'] END, CASE WHEN n %% 100 = 0 THEN "
-            "ARRAY['earlier-1', 'earlier-2']::varchar[] ELSE ARRAY['earlier-1']::varchar[] END "
+            "ARRAY[hashtextextended('earlier-2', 0), hashtextextended('earlier-1', 0)] "
+            "ELSE ARRAY[hashtextextended('earlier-1', 0)] END "
             "FROM (SELECT phone_number, row_number() OVER (ORDER BY phone_number) AS n FROM "
             "(SELECT DISTINCT phone_number FROM campaign_audience WHERE campaign_id = %s "
             "AND phone_number LIKE '+%%') AS valid) AS numbered",

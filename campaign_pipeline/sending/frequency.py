@@ -59,8 +59,8 @@ class MarketingSendLookups(Protocol):
         """Of the numbers, those the cap allows no more messages now (nothing is reserved)."""
         ...
 
-    def count_history(self, organization_id: str, seconds: int) -> None:
-        """Make sure the organization's marketing messages of the last `seconds` are counted."""
+    def count_history(self, organization_id: str, cap: FrequencyCap) -> None:
+        """Make sure the organization's marketing messages the cap looks at are counted."""
         ...
 
     def forget_history(self, organization_id: str) -> None:
@@ -101,7 +101,7 @@ def cap_for_sending(
     """
     cap = frequency_cap_for(settings, message, default)
     if cap is not None:
-        sends.count_history(message.organization_id, cap.seconds)
+        sends.count_history(message.organization_id, cap)
     elif message.category == DEFAULT_CATEGORY:
         sends.forget_history(message.organization_id)
     return cap

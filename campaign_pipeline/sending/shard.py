@@ -189,15 +189,15 @@ class ShardSend:
         recorder.stats.seconds = time.perf_counter() - started
         return recorder.stats
 
-    def _prepared(
-        self, chunk: pl.DataFrame, max_bytes: int, capped: CapReservations | None
-    ) -> pl.DataFrame:
-        """The chunk's payloads, with every recipient that is not to be sent failed and coded."""
+    def _prepared(self, chunk: pl.DataFrame, max_bytes: int) -> pl.DataFrame:
+        """The chunk's payloads, with every recipient that is not to be sent failed and coded.
+
+        All but the frequency cap, which `CapReservations.reserve` decides after this.
+        """
         built = build_payloads(self.message, chunk, max_bytes)
-        skipped = apply_skips(
+        return apply_skips(
             self.audience, self.suppressions, self.message, built, chunk["phone_number"]
         )
-        return capped.reserve(skipped) if capped is not None else skipped
 
     def _reservations(self) -> CapReservations | None:
         if self.frequency_cap is None or self.marketing_sends is None:
@@ -228,9 +228,12 @@ class ShardSend:
         late = SuppressionWatch(self.suppressions, self.message)
         capped = self._reservations()
         chunks = self.audience.pending_chunks(campaign_id, self.recipients_per_chunk, self.id_range)
-        prepared = _prefetched(self._prepared(chunk, max_bytes, capped) for chunk in chunks)
+        stages = [_prefetched(self._prepared(chunk, max_bytes) for chunk in chunks)]
+        if capped is not None:
+            # A stage of its own: the database reserves one chunk while the next is built.
+            stages.append(_prefetched(capped.reserve(built) for built in stages[-1]))
         try:
-            all_built: Iterator[pl.DataFrame] = prepared
+            all_built: Iterator[pl.DataFrame] = stages[-1]
             if self.preflight_max_invalid is not None:
                 # Every payload built before the first batch: the guard counts what is sent.
                 ready = list(all_built)
@@ -277,8 +280,9 @@ class ShardSend:
                     )
                 self.on_chunk(stats)
         finally:
-            # The chunk being prepared is finished first, so its places are given back too.
-            prepared.close()
+            # Chunks being prepared are finished first, so their places are given back too.
+            for stage in reversed(stages):
+                stage.close()
             if capped is not None:
                 self._give_back(capped.release_unsent)
         stats.stopped = stop.reason

@@ -172,7 +172,7 @@ def _built_chunks(
     message = campaign.message
     cap = frequency_cap_for(store.organizations, message, campaign_frequency_cap())
     if cap is not None:
-        store.marketing_sends.count_history(message.organization_id, cap.seconds)
+        store.marketing_sends.count_history(message.organization_id, cap)
     for chunk in store.audience.pending_chunks(campaign.id, chunk_size):
         built = build_payloads(message, chunk, max_message_bytes)
         skipped = apply_skips(

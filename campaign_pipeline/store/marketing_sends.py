@@ -1,21 +1,22 @@
 """The frequency cap's memory and reservations: each number's recent marketing messages.
 
-A send reserves a chunk's numbers before queueing them. On PostgreSQL that is one statement: an
-upsert of every number (in order, so racing sends lock rows in the same order) that prunes each
-row to the other campaigns' entries inside the window and appends the campaign's own only where
-fewer than N are left, and returns the numbers it refused. The row lock, and the entries read
-from the row's latest version, make racing campaigns, runs, shards and workers queue no number
-past the cap. A campaign holds at most one entry per number, so a resumed send re-reserves
-what a crashed one held. Entries of recipients that were not queued are released. On SQLite
-the same is done in Python inside a transaction that writes first, which takes SQLite's one
-write lock.
+A send reserves a chunk's numbers before queueing them. On PostgreSQL the decision is one
+UPDATE of the rows of the chunk's numbers, in their order (racing sends lock rows in the same
+order): a row takes the campaign's entry only where fewer than N entries of other campaigns are
+inside the window, re-checked on the row's latest version once its lock is held, so racing
+campaigns, runs, shards and workers never queue a number past the cap. Numbers without a row
+get one with the campaign's entry (the unique key decides between racing inserts); a number
+another send inserted meanwhile is asked again. Entries are kept oldest first and trimmed to
+the newest N, so the check is one comparison (the N-th newest entry is older than the window);
+a row that still holds this campaign's own entry (a send that failed or crashed) is checked
+without it. Entries of recipients that were not queued are released. On SQLite the same rules
+run in Python (`store.sqlite_marketing_sends`) under SQLite's one write lock.
 
 History: a send with a cap first makes sure the organization's marketing messages of the last
-window are in the table (`count_history`), since messages queued while no cap held were not
-recorded; `marketing_counted_since` says how far back the table is complete.
+window are in the table (`count_history`): messages queued while no cap held were not recorded,
+and a cap of more messages needs more than the newest entries kept.
 """
 
-import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,81 +26,72 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from campaign_pipeline.categories import CATEGORIES, DEFAULT_CATEGORY
 from campaign_pipeline.frequency_caps import FrequencyCap
-from campaign_pipeline.store.engine import ROWS_PER_STATEMENT
-from campaign_pipeline.store.schema import (
-    campaign_audience,
-    campaigns,
-    marketing_sends,
-    organizations,
-)
+from campaign_pipeline.store import sqlite_marketing_sends as on_sqlite
+from campaign_pipeline.store.schema import organizations
 
-# SQLite binds at most 32,766 parameters to a statement: numbers go in slices.
-SQLITE_NUMBERS_PER_STATEMENT = 10_000
 _TEXT_ARRAY = postgresql.ARRAY(sa.Text)
-_NOT_MARKETING = tuple(category for category in CATEGORIES if category != DEFAULT_CATEGORY)
+NOT_MARKETING = tuple(category for category in CATEGORIES if category != DEFAULT_CATEGORY)
 
-# Entries of other campaigns still inside the window, of the row `f`.
-_OTHERS_IN_WINDOW = """
-    FROM unnest(f.sent_at, f.campaign_ids) AS entry(sent_at, campaign_id)
-    WHERE entry.sent_at > now() - make_interval(secs => :seconds)
-      AND entry.campaign_id <> :campaign_id
-"""
-# Each number's row is locked and its entries read once: those of other campaigns inside the
-# window are kept, and the campaign's own is appended when fewer than N of them are left. Only
-# the numbers refused come back.
+# The campaign's key in `campaign_keys`.
+_KEY = "hashtextextended(CAST(:campaign_id AS text), 0)"
+# The row's times and keys without the campaign's own entry (the long way only if it has one).
+_TIMES = f"""(CASE WHEN {_KEY} = ANY(f.campaign_keys) THEN ARRAY(
+        SELECT entry.sent_at
+        FROM unnest(f.sent_at, f.campaign_keys) WITH ORDINALITY
+            AS entry(sent_at, campaign_key, position)
+        WHERE entry.campaign_key <> {_KEY} ORDER BY entry.position
+    ) ELSE f.sent_at END)"""
+_KEYS = f"(array_remove(f.campaign_keys, {_KEY}))"
+# Fewer than N of the other entries are inside the window (they are oldest first).
+_ROOM = f"""(cardinality({_TIMES}) < :messages
+    OR {_TIMES}[cardinality({_TIMES}) - :messages + 1]
+        <= now() - make_interval(secs => :seconds))"""
+_NUMBERS = "f.organization_id = :organization_id AND f.phone_number = ANY(:numbers)"
+_NUMBERS_PARAMETER = sa.bindparam("numbers", type_=_TEXT_ARRAY)
+
+# Only the numbers not granted come back: refused, or without a row yet.
 _RESERVE = sa.text(
     f"""
-    WITH reserved AS (
-        INSERT INTO marketing_sends AS f (organization_id, phone_number, sent_at, campaign_ids)
-        SELECT :organization_id, number, ARRAY[now()], ARRAY[CAST(:campaign_id AS varchar(36))]
-        FROM unnest(:numbers) AS number
-        ORDER BY number
-        ON CONFLICT (organization_id, phone_number) DO UPDATE SET (sent_at, campaign_ids) = (
-            SELECT
-                CASE WHEN count(*) < :messages
-                    THEN coalesce(array_agg(entry.sent_at), '{{}}') || now()
-                    ELSE coalesce(array_agg(entry.sent_at), '{{}}')
-                END,
-                CASE WHEN count(*) < :messages
-                    THEN coalesce(array_agg(entry.campaign_id), '{{}}')
-                        || CAST(:campaign_id AS varchar(36))
-                    ELSE coalesce(array_agg(entry.campaign_id), '{{}}')
-                END
-            {_OTHERS_IN_WINDOW}
-        )
-        RETURNING phone_number, campaign_ids[cardinality(campaign_ids)] = :campaign_id AS granted
+    WITH granted AS (
+        UPDATE marketing_sends AS f SET
+            sent_at = {_TIMES}[greatest(cardinality({_TIMES}) - :messages + 2, 1):]
+                || clock_timestamp(),
+            campaign_keys = {_KEYS}[greatest(cardinality({_KEYS}) - :messages + 2, 1):]
+                || {_KEY}
+        WHERE {_NUMBERS} AND {_ROOM}
+        RETURNING f.phone_number
     )
-    SELECT phone_number FROM reserved WHERE NOT granted
+    SELECT number FROM unnest(:numbers) AS number
+    EXCEPT SELECT phone_number FROM granted
     """
-).bindparams(sa.bindparam("numbers", type_=_TEXT_ARRAY))
-_OVER_CAP = sa.text(
+).bindparams(_NUMBERS_PARAMETER)
+_ADD = sa.text(
     f"""
-    SELECT f.phone_number FROM marketing_sends AS f
-    WHERE f.organization_id = :organization_id AND f.phone_number = ANY(:numbers)
-      AND (SELECT count(*) {_OTHERS_IN_WINDOW}) >= :messages
+    INSERT INTO marketing_sends (organization_id, phone_number, sent_at, campaign_keys)
+    SELECT CAST(:organization_id AS varchar(36)), number, ARRAY[clock_timestamp()], ARRAY[{_KEY}]
+    FROM unnest(:numbers) AS number
+    ORDER BY number
+    ON CONFLICT (organization_id, phone_number) DO NOTHING
+    RETURNING phone_number
     """
-).bindparams(sa.bindparam("numbers", type_=_TEXT_ARRAY))
+).bindparams(_NUMBERS_PARAMETER)
+_OVER_CAP = sa.text(
+    f"SELECT f.phone_number FROM marketing_sends AS f WHERE {_NUMBERS} AND NOT {_ROOM}"
+).bindparams(_NUMBERS_PARAMETER)
 _RELEASE = sa.text(
+    f"""
+    UPDATE marketing_sends AS f SET sent_at = {_TIMES}, campaign_keys = {_KEYS}
+    WHERE {_NUMBERS} AND {_KEY} = ANY(f.campaign_keys)
     """
-    UPDATE marketing_sends AS f SET
-        sent_at = ARRAY(
-            SELECT entry.sent_at
-            FROM unnest(f.sent_at, f.campaign_ids) AS entry(sent_at, campaign_id)
-            WHERE entry.campaign_id <> :campaign_id
-        ),
-        campaign_ids = array_remove(f.campaign_ids, CAST(:campaign_id AS varchar(36)))
-    WHERE f.organization_id = :organization_id AND f.phone_number = ANY(:numbers)
-      AND CAST(:campaign_id AS varchar(36)) = ANY(f.campaign_ids)
-    """
-).bindparams(sa.bindparam("numbers", type_=_TEXT_ARRAY))
-# The organization's marketing messages queued since `since`, merged in: a campaign already in
-# a row is left as it is.
+).bindparams(_NUMBERS_PARAMETER)
+# The organization's marketing messages queued since `since`, merged in oldest first: a
+# campaign already in a row is left as it is.
 _COUNT_HISTORY = sa.text(
     """
-    INSERT INTO marketing_sends AS f (organization_id, phone_number, sent_at, campaign_ids)
+    INSERT INTO marketing_sends AS f (organization_id, phone_number, sent_at, campaign_keys)
     SELECT CAST(:organization_id AS varchar(36)), audience.phone_number,
-           array_agg(audience.updated_at ORDER BY audience.updated_at),
-           array_agg(audience.campaign_id ORDER BY audience.updated_at)
+           array_agg(audience.updated_at ORDER BY audience.updated_at, campaign.id),
+           array_agg(hashtextextended(campaign.id, 0) ORDER BY audience.updated_at, campaign.id)
     FROM campaign_audience AS audience
     JOIN campaigns AS campaign ON campaign.id = audience.campaign_id
     WHERE campaign.organization_id = :organization_id
@@ -108,22 +100,22 @@ _COUNT_HISTORY = sa.text(
       AND audience.phone_number IS NOT NULL
     GROUP BY audience.phone_number
     ORDER BY audience.phone_number
-    ON CONFLICT (organization_id, phone_number) DO UPDATE SET
-        sent_at = f.sent_at || ARRAY(
-            SELECT entry.sent_at
-            FROM unnest(excluded.sent_at, excluded.campaign_ids) AS entry(sent_at, campaign_id)
-            WHERE entry.campaign_id <> ALL(f.campaign_ids)
-        ),
-        campaign_ids = f.campaign_ids || ARRAY(
-            SELECT entry.campaign_id FROM unnest(excluded.campaign_ids) AS entry(campaign_id)
-            WHERE entry.campaign_id <> ALL(f.campaign_ids)
-        )
+    ON CONFLICT (organization_id, phone_number) DO UPDATE SET (sent_at, campaign_keys) = (
+        SELECT array_agg(entry.sent_at ORDER BY entry.sent_at, entry.campaign_key),
+               array_agg(entry.campaign_key ORDER BY entry.sent_at, entry.campaign_key)
+        FROM (
+            SELECT * FROM unnest(f.sent_at, f.campaign_keys)
+            UNION ALL
+            SELECT * FROM unnest(excluded.sent_at, excluded.campaign_keys) AS new(t, k)
+            WHERE new.k <> ALL(f.campaign_keys)
+        ) AS entry(sent_at, campaign_key)
+    )
     """
 ).bindparams(sa.bindparam("not_marketing", expanding=True))
 
 
 class MarketingSends:
-    """The marketing_sends table, and the organizations' `marketing_counted_since`."""
+    """The marketing_sends table, and how far back it counts (`organizations`)."""
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
@@ -139,11 +131,27 @@ class MarketingSends:
         numbers = sorted(set(phone_numbers))
         if not numbers:
             return set()
+        if self.engine.dialect.name != "postgresql":
+            with self.engine.begin() as connection:
+                return on_sqlite.reserve(connection, organization_id, campaign_id, cap, numbers)
+        parameters = _parameters(organization_id, campaign_id, cap)
+        # Each statement is its own transaction: none waits for a lock while holding others.
         with self.engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                parameters = _parameters(organization_id, campaign_id, numbers, cap)
-                return set(numbers) - set(connection.execute(_RESERVE, parameters).scalars())
-            return _sqlite_reserve(connection, organization_id, campaign_id, cap, numbers)
+            rest = sorted(connection.execute(_RESERVE, parameters | {"numbers": numbers}).scalars())
+        if not rest:
+            return set(numbers)
+        with self.engine.begin() as connection:
+            added = set(connection.execute(_ADD, parameters | {"numbers": rest}).scalars())
+        # Refused, or given a row by another send meanwhile: asked again, the row there now.
+        again = [number for number in rest if number not in added]
+        if again:
+            with self.engine.begin() as connection:
+                refused = set(
+                    connection.execute(_RESERVE, parameters | {"numbers": again}).scalars()
+                )
+        else:
+            refused = set()
+        return set(numbers) - refused
 
     def release(self, organization_id: str, campaign_id: str, phone_numbers: Iterable[str]) -> None:
         """Give back the campaign's reservations of numbers it did not queue."""
@@ -152,19 +160,10 @@ class MarketingSends:
             return
         with self.engine.begin() as connection:
             if connection.dialect.name == "postgresql":
-                connection.execute(_RELEASE, _parameters(organization_id, campaign_id, numbers))
-                return
-            rows = _sqlite_rows(connection, organization_id, numbers)
-            updates = [
-                {
-                    "number": number,
-                    "times": [t for t, c in zip(times, ids, strict=True) if c != campaign_id],
-                    "ids": [c for c in ids if c != campaign_id],
-                }
-                for number, times, ids in rows
-                if campaign_id in ids
-            ]
-            _sqlite_update(connection, organization_id, updates)
+                parameters = _parameters(organization_id, campaign_id)
+                connection.execute(_RELEASE, parameters | {"numbers": numbers})
+            else:
+                on_sqlite.release(connection, organization_id, campaign_id, numbers)
 
     def over_cap(
         self,
@@ -178,31 +177,33 @@ class MarketingSends:
         if not numbers:
             return set()
         with self.engine.connect() as connection:
-            if connection.dialect.name == "postgresql":
-                parameters = _parameters(organization_id, campaign_id, numbers, cap)
-                return set(connection.execute(_OVER_CAP, parameters).scalars())
-            cutoff = time.time() - cap.seconds
-            return {
-                number
-                for number, times, ids in _sqlite_rows(connection, organization_id, numbers)
-                if _others_in_window(times, ids, campaign_id, cutoff) >= cap.messages
-            }
+            if connection.dialect.name != "postgresql":
+                return on_sqlite.over_cap(connection, organization_id, campaign_id, cap, numbers)
+            parameters = _parameters(organization_id, campaign_id, cap) | {"numbers": numbers}
+            return set(connection.execute(_OVER_CAP, parameters).scalars())
 
-    def count_history(self, organization_id: str, seconds: int) -> None:
-        """Make sure the organization's marketing messages of the last `seconds` are counted.
+    def count_history(self, organization_id: str, cap: FrequencyCap) -> None:
+        """Make sure the organization's marketing messages the cap looks at are counted.
 
-        Messages queued while no cap held were not recorded; they are read from the audience
-        once, and `marketing_counted_since` remembers how far back the table is complete.
+        Messages queued while no cap held were not recorded, and rows keep only the newest N
+        entries: they are read from the audience once for a longer window or a larger N, and
+        `organizations` remembers how far back, and how many, the table holds.
         """
         with self.engine.begin() as connection:
             now = _database_now(connection)
-            since = now - timedelta(seconds=seconds)
+            since = now - timedelta(seconds=cap.seconds)
             counted = connection.execute(
-                sa.select(organizations.c.marketing_counted_since).where(
-                    organizations.c.organization_id == organization_id
-                )
-            ).scalar_one_or_none()
-            if counted is not None and _utc(counted) <= since:
+                sa.select(
+                    organizations.c.marketing_counted_since,
+                    organizations.c.marketing_counted_messages,
+                ).where(organizations.c.organization_id == organization_id)
+            ).one_or_none()
+            if (
+                counted is not None
+                and counted.marketing_counted_since is not None
+                and _utc(counted.marketing_counted_since) <= since
+                and (counted.marketing_counted_messages or 0) >= cap.messages
+            ):
                 return
             if connection.dialect.name == "postgresql":
                 connection.execute(
@@ -210,12 +211,17 @@ class MarketingSends:
                     {
                         "organization_id": organization_id,
                         "since": since,
-                        "not_marketing": _NOT_MARKETING,
+                        "not_marketing": NOT_MARKETING,
                     },
                 )
             else:
-                _sqlite_count_history(connection, organization_id, since)
-            _upsert_organization(connection, organization_id, marketing_counted_since=since)
+                on_sqlite.count_history(connection, organization_id, since)
+            _upsert_organization(
+                connection,
+                organization_id,
+                marketing_counted_since=since,
+                marketing_counted_messages=cap.messages,
+            )
 
     def forget_history(self, organization_id: str) -> None:
         """A marketing send without a cap is not recorded: the table is no longer complete."""
@@ -226,22 +232,15 @@ class MarketingSends:
                     organizations.c.organization_id == organization_id,
                     organizations.c.marketing_counted_since.is_not(None),
                 )
-                .values(marketing_counted_since=None)
+                .values(marketing_counted_since=None, marketing_counted_messages=None)
             )
 
 
 def _parameters(
-    organization_id: str,
-    campaign_id: str,
-    numbers: list[str],
-    cap: FrequencyCap | None = None,
+    organization_id: str, campaign_id: str, cap: FrequencyCap | None = None
 ) -> dict[str, Any]:
-    """The bind parameters of the PostgreSQL statements."""
-    parameters: dict[str, Any] = {
-        "organization_id": organization_id,
-        "campaign_id": campaign_id,
-        "numbers": numbers,
-    }
+    """The bind parameters of the PostgreSQL statements, but the numbers."""
+    parameters: dict[str, Any] = {"organization_id": organization_id, "campaign_id": campaign_id}
     if cap is not None:
         parameters |= {"seconds": cap.seconds, "messages": cap.messages}
     return parameters
@@ -273,129 +272,3 @@ def _database_now(connection: sa.Connection) -> datetime:
 def _utc(moment: datetime) -> datetime:
     """A stored moment in UTC (SQLite hands it back without a zone)."""
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def _others_in_window(
-    times: Sequence[float], ids: Sequence[str], campaign_id: str, cutoff: float
-) -> int:
-    return sum(1 for t, c in zip(times, ids, strict=True) if t > cutoff and c != campaign_id)
-
-
-def _slices(numbers: Sequence[str]) -> list[Sequence[str]]:
-    return [
-        numbers[start : start + SQLITE_NUMBERS_PER_STATEMENT]
-        for start in range(0, len(numbers), SQLITE_NUMBERS_PER_STATEMENT)
-    ]
-
-
-def _sqlite_rows(
-    connection: sa.Connection, organization_id: str, numbers: Sequence[str]
-) -> list[tuple[str, list[float], list[str]]]:
-    """SQLite: (number, times as epoch seconds, campaign ids) of the numbers that have a row."""
-    rows: list[tuple[str, list[float], list[str]]] = []
-    for part in _slices(numbers):
-        rows += [
-            (row.phone_number, row.sent_at, row.campaign_ids)
-            for row in connection.execute(
-                sa.select(
-                    marketing_sends.c.phone_number,
-                    marketing_sends.c.sent_at,
-                    marketing_sends.c.campaign_ids,
-                ).where(
-                    marketing_sends.c.organization_id == organization_id,
-                    marketing_sends.c.phone_number.in_(part),
-                )
-            )
-        ]
-    return rows
-
-
-def _sqlite_update(
-    connection: sa.Connection, organization_id: str, updates: list[dict[str, Any]]
-) -> None:
-    statement = (
-        marketing_sends.update()
-        .where(
-            marketing_sends.c.organization_id == organization_id,
-            marketing_sends.c.phone_number == sa.bindparam("number"),
-        )
-        .values(sent_at=sa.bindparam("times"), campaign_ids=sa.bindparam("ids"))
-    )
-    for start in range(0, len(updates), ROWS_PER_STATEMENT):
-        connection.execute(statement, updates[start : start + ROWS_PER_STATEMENT])
-
-
-def _sqlite_insert_missing(
-    connection: sa.Connection, organization_id: str, numbers: Sequence[str]
-) -> None:
-    """Rows with no entries for numbers without one; being a write, it takes the write lock."""
-    statement = (
-        sqlite.insert(marketing_sends)
-        .values(
-            organization_id=organization_id,
-            phone_number=sa.bindparam("number"),
-            sent_at=sa.bindparam("times"),
-            campaign_ids=sa.bindparam("ids"),
-        )
-        .on_conflict_do_nothing(index_elements=["organization_id", "phone_number"])
-    )
-    rows = [{"number": number, "times": [], "ids": []} for number in numbers]
-    for start in range(0, len(rows), ROWS_PER_STATEMENT):
-        connection.execute(statement, rows[start : start + ROWS_PER_STATEMENT])
-
-
-def _sqlite_reserve(
-    connection: sa.Connection,
-    organization_id: str,
-    campaign_id: str,
-    cap: FrequencyCap,
-    numbers: Sequence[str],
-) -> set[str]:
-    now = time.time()
-    cutoff = now - cap.seconds
-    _sqlite_insert_missing(connection, organization_id, numbers)
-    granted: set[str] = set()
-    updates = []
-    for number, times, ids in _sqlite_rows(connection, organization_id, numbers):
-        kept = [(t, c) for t, c in zip(times, ids, strict=True) if t > cutoff and c != campaign_id]
-        if len(kept) < cap.messages:
-            granted.add(number)
-            kept.append((now, campaign_id))
-            updates.append(
-                {"number": number, "times": [t for t, _ in kept], "ids": [c for _, c in kept]}
-            )
-    _sqlite_update(connection, organization_id, updates)
-    return granted
-
-
-def _sqlite_count_history(connection: sa.Connection, organization_id: str, since: datetime) -> None:
-    audience = campaign_audience.c
-    history: dict[str, list[tuple[float, str]]] = {}
-    query = (
-        sa.select(audience.phone_number, audience.updated_at, audience.campaign_id)
-        .join(campaigns, campaigns.c.id == audience.campaign_id)
-        .where(
-            campaigns.c.organization_id == organization_id,
-            sa.or_(campaigns.c.category.is_(None), campaigns.c.category.not_in(_NOT_MARKETING)),
-            audience.status == "ready_to_send",
-            audience.updated_at > since.replace(tzinfo=None),
-            audience.phone_number.is_not(None),
-        )
-        .order_by(audience.updated_at)
-    )
-    for number, updated_at, campaign_id in connection.execute(query):
-        history.setdefault(number, []).append((_utc(updated_at).timestamp(), campaign_id))
-    numbers = sorted(history)
-    _sqlite_insert_missing(connection, organization_id, numbers)
-    updates = []
-    for number, times, ids in _sqlite_rows(connection, organization_id, numbers):
-        new = [(t, c) for t, c in history[number] if c not in ids]
-        if new:
-            updates.append(
-                {
-                    "number": number,
-                    "times": times + [t for t, _ in new],
-                    "ids": ids + [c for _, c in new],
-                }
-            )
-    _sqlite_update(connection, organization_id, updates)

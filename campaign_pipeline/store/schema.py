@@ -122,19 +122,22 @@ suppressions = sa.Table(
 )
 
 # An organization's own settings (NULL: the default). `frequency_cap` is `N/DURATION` or `off`
-# (`frequency_caps`); `marketing_counted_since`: `marketing_sends` holds every marketing message
-# the organization queued since then (NULL: not known to, so a capped send counts them first).
+# (`frequency_caps`). `marketing_sends` holds every marketing message the organization queued
+# since `marketing_counted_since`, at least the newest `marketing_counted_messages` per number
+# (NULL: not known to, so a capped send counts them from the audience first).
 organizations = sa.Table(
     "organizations",
     metadata,
     sa.Column("organization_id", sa.String(36), primary_key=True),
     sa.Column("frequency_cap", sa.String(32)),
     sa.Column("marketing_counted_since", sa.DateTime(timezone=True)),
+    sa.Column("marketing_counted_messages", sa.Integer),
 )
 
 # The frequency cap's memory: for each organization and number, when its recent marketing
-# messages were queued and by which campaigns (parallel arrays; JSON lists on SQLite). One row
-# per number, so a reservation locks it (see `store.marketing_sends`).
+# messages were queued (oldest first) and by which campaigns, as parallel arrays. On PostgreSQL
+# a campaign is its key, `hashtextextended(id, 0)` (8 bytes, not 36); on SQLite, JSON lists of
+# epoch seconds and ids. One row per number, so a reservation locks it (`store.marketing_sends`).
 marketing_sends = sa.Table(
     "marketing_sends",
     metadata,
@@ -146,13 +149,14 @@ marketing_sends = sa.Table(
         nullable=False,
     ),
     sa.Column(
-        "campaign_ids",
-        postgresql.ARRAY(sa.String(36)).with_variant(sa.JSON(), "sqlite"),
+        "campaign_keys",
+        postgresql.ARRAY(sa.BigInteger).with_variant(sa.JSON(), "sqlite"),
         nullable=False,
     ),
-    # Every reservation rewrites its number's row: room left on each page lets PostgreSQL do
-    # that in place (a HOT update, the primary key untouched) instead of in the index too.
-    postgresql_with={"fillfactor": 50},
+    # Every reservation rewrites its number's row at the same size (its entries are trimmed):
+    # room left on each page lets PostgreSQL do that in place (a HOT update, the index
+    # untouched), which also keeps the write-ahead log small.
+    postgresql_with={"fillfactor": 90},
 )
 
 
