@@ -1,4 +1,4 @@
-"""What duplicates, opt-outs and the frequency cap cost a send, against the same send without.
+"""What duplicates, opt-outs and a frequency cap cost a send, against one without them.
 
 Seeds, in a throwaway PostgreSQL database, two campaigns of N recipients (default 1,000,000)
 with the same recipients (`dataset.recipient`, 1% invalid numbers): `plain`, of an organization
