@@ -11,6 +11,7 @@ import functools
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -227,13 +228,7 @@ class ShardSend:
         # Before the first chunk is checked: nothing suppressed from then on is missed.
         late = SuppressionWatch(self.suppressions, self.message)
         capped = self._reservations()
-        chunks = self.audience.pending_chunks(campaign_id, self.recipients_per_chunk, self.id_range)
-        stages = [_prefetched(self._prepared(chunk, max_bytes) for chunk in chunks)]
-        if capped is not None:
-            # A stage of its own: the database reserves one chunk while the next is built.
-            stages.append(_prefetched(capped.reserve(built) for built in stages[-1]))
-        try:
-            all_built: Iterator[pl.DataFrame] = stages[-1]
+        with self._prepared_chunks(max_bytes, capped) as all_built:
             if self.preflight_max_invalid is not None:
                 # Every payload built before the first batch: the guard counts what is sent.
                 ready = list(all_built)
@@ -247,26 +242,10 @@ class ShardSend:
                 stats.recipients += built.height
                 recorder.add_skipped(built.filter(pl.col("failure_code").is_not_null()))
                 valid = built.filter(pl.col("failure_code").is_null())
-                error: Exception | None = None
-                accepted_ids: list[str] = []
                 batches = _batches(
                     valid, max_bytes, keep_sending, pacer, late, recorder.add_skipped
                 )
-                for result in self.queue.send_batches(campaign_id, batches, fair_group_id):
-                    stats.batches += 1
-                    stats.retried_entries += result.retried_entries
-                    recorder.add_batch(result)
-                    accepted_ids += result.accepted_ids
-                    error = error or result.error
-                recorder.drain()
-                stats.seconds = time.perf_counter() - started
-                if error is not None:
-                    problem = (
-                        f"SQS answered incompletely: {error}"
-                        if isinstance(error, IncompleteAnswer)
-                        else f"SQS failed past its retries: {type(error).__name__}: {error}"
-                    )
-                    raise SendInterrupted(problem, stats) from error
+                accepted_ids = self._queue(recorder, batches, fair_group_id, started)
                 if capped is not None:
                     self._give_back(functools.partial(capped.sent, valid, accepted_ids))
                 if stop.reason is not None:
@@ -279,13 +258,64 @@ class ShardSend:
                         stats,
                     )
                 self.on_chunk(stats)
+        stats.stopped = stop.reason
+
+    @contextmanager
+    def _prepared_chunks(
+        self, max_bytes: int, capped: CapReservations | None
+    ) -> Iterator[Iterator[pl.DataFrame]]:
+        """The shard's chunks, built (and reserved under the cap) ahead of the send on threads.
+
+        Afterwards the chunks in preparation are finished, and the places of those never
+        sent given back.
+        """
+        chunks = self.audience.pending_chunks(
+            self.message.campaign_id, self.recipients_per_chunk, self.id_range
+        )
+        stages = [_prefetched(self._prepared(chunk, max_bytes) for chunk in chunks)]
+        if capped is not None:
+            # A stage of its own: the database reserves one chunk while the next is built.
+            stages.append(_prefetched(capped.reserve(built) for built in stages[-1]))
+        try:
+            yield stages[-1]
         finally:
-            # Chunks being prepared are finished first, so their places are given back too.
             for stage in reversed(stages):
                 stage.close()
             if capped is not None:
                 self._give_back(capped.release_unsent)
-        stats.stopped = stop.reason
+
+    def _queue(
+        self,
+        recorder: OutcomeRecorder,
+        batches: Iterator[tuple[list[str], list[str]]],
+        fair_group_id: str | None,
+        started: float,
+    ) -> list[str]:
+        """Send a chunk's batches and record every answer; returns the ids SQS accepted.
+
+        Raises:
+            SendInterrupted: SQS failed past its retries or answered incompletely; every
+                answer is recorded first.
+        """
+        stats = recorder.stats
+        error: Exception | None = None
+        accepted_ids: list[str] = []
+        for result in self.queue.send_batches(self.message.campaign_id, batches, fair_group_id):
+            stats.batches += 1
+            stats.retried_entries += result.retried_entries
+            recorder.add_batch(result)
+            accepted_ids += result.accepted_ids
+            error = error or result.error
+        recorder.drain()
+        stats.seconds = time.perf_counter() - started
+        if error is not None:
+            problem = (
+                f"SQS answered incompletely: {error}"
+                if isinstance(error, IncompleteAnswer)
+                else f"SQS failed past its retries: {type(error).__name__}: {error}"
+            )
+            raise SendInterrupted(problem, stats) from error
+        return accepted_ids
 
     def _give_back(self, release: Callable[[], None]) -> None:
         """Give back places under the cap; a database that fails keeps them, said once."""
