@@ -103,6 +103,20 @@ def add_skips_campaign(url: str, plain_id: str, suppressed: int) -> str:
     return skips_id
 
 
+def forget_reservations(url: str, campaign_id: str) -> None:
+    """Take the campaign's earlier entries out: each round reserves as a new campaign does."""
+    with psycopg.connect(url) as connection:
+        connection.execute(
+            "UPDATE marketing_sends SET sent_at = ARRAY(SELECT e.t FROM unnest(sent_at, "
+            "campaign_keys) WITH ORDINALITY AS e(t, k, i) WHERE e.k <> hashtextextended(%s, 0) "
+            "ORDER BY e.i), campaign_keys = array_remove(campaign_keys, hashtextextended(%s, 0)) "
+            "WHERE organization_id = %s AND hashtextextended(%s, 0) = ANY(campaign_keys)",
+            (campaign_id, campaign_id, SKIPS_ORGANIZATION, campaign_id),
+        )
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute("VACUUM ANALYZE marketing_sends")
+
+
 def send(
     store: CampaignStore,
     campaign_id: str,
@@ -145,6 +159,8 @@ def main() -> None:
         for repeat in range(args.repeats):
             for kind, campaign_id in campaigns.items():
                 reset(url, [campaign_id])
+                if kind == "skips":
+                    forget_reservations(url, campaign_id)
                 if endpoint is None:
                     queue: object = null_batch_queue()
                 else:
