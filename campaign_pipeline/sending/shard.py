@@ -101,7 +101,7 @@ class ShardSend:
     entries SQS may refuse for good before the campaign is held back; `preflight_max_invalid`
     (a campaign counted exactly, see `guards.defers_to_the_send`) builds every payload first
     and holds the campaign back, nothing sent, when too many are invalid. With a
-    `frequency_cap` (`frequency.frequency_cap_for`), each chunk's recipients take their places
+    `frequency_cap` (`frequency.cap_for_sending`), each chunk's recipients take their places
     under it in `marketing_sends` before they are sent. `on_chunk` hears the
     running counts after each chunk, `on_preflight` the count, `on_warning` what went wrong on
     the way out.
