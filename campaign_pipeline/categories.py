@@ -6,6 +6,8 @@ campaign that does not say is treated as marketing, the category WhatsApp bills 
 
 CATEGORIES = ("marketing", "utility", "authentication")
 DEFAULT_CATEGORY = "marketing"
+# The categories that are not marketing: a campaign with any other (or none) is marketing.
+NOT_MARKETING = tuple(category for category in CATEGORIES if category != DEFAULT_CATEGORY)
 
 
 def category_of(campaign_category: str | None) -> str:

@@ -3,7 +3,8 @@
 Tests sit in one tier each, a directory with a marker of its name (`pytest -m unit`): `unit/`
 (no network, no database server, no subprocess), `integration/` (PostgreSQL, moto, the fault
 proxy, subprocesses) and `e2e/` (the daemon, the webserver, Celery, the API server). Helpers
-shared by tests (fault proxy, TCP relay, invariant, reliability log) are in `support/`.
+shared by tests (fault proxy, TCP relay, invariant, reliability log, the job in send
+processes) are in `support/`.
 
 moto runs as its own process (`moto_server`) on a free loopback port, so boto3 talks to it over
 real HTTP. PostgreSQL tests use a throwaway database on the local server (127.0.0.1:5432, or

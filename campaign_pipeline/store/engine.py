@@ -1,14 +1,32 @@
 """Where the campaign database is and how to connect to it: SQLite or PostgreSQL (psycopg 3)."""
 
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from campaign_pipeline.clock import as_utc
 
 DATABASE_URL_VARIABLE = "CAMPAIGN_DATABASE_URL"
 # Rows per statement when inserting or recording outcomes, to bound each statement's size.
 ROWS_PER_STATEMENT = 5_000
+
+
+def insert_for(connection: sa.Connection, table: sa.Table) -> Any:
+    """The dialect's INSERT of `table`, which has ON CONFLICT (PostgreSQL's or SQLite's)."""
+    if connection.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def database_now(connection: sa.Connection) -> datetime:
+    """The database's clock, in UTC (rows' `created_at` defaults are its clock too)."""
+    return as_utc(
+        connection.execute(sa.select(sa.func.now(type_=sa.DateTime(timezone=True)))).scalar_one()
+    )
 
 
 def default_database_url() -> str:

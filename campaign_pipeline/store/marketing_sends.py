@@ -18,19 +18,21 @@ and a cap of more messages needs more than the newest entries kept.
 """
 
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 
-from campaign_pipeline.categories import CATEGORIES, DEFAULT_CATEGORY
+from campaign_pipeline.categories import NOT_MARKETING
+from campaign_pipeline.clock import as_utc
 from campaign_pipeline.frequency_caps import FrequencyCap
 from campaign_pipeline.store import sqlite_marketing_sends as on_sqlite
+from campaign_pipeline.store.engine import database_now
+from campaign_pipeline.store.organizations import upsert_organization
 from campaign_pipeline.store.schema import organizations
 
 _TEXT_ARRAY = postgresql.ARRAY(sa.Text)
-NOT_MARKETING = tuple(category for category in CATEGORIES if category != DEFAULT_CATEGORY)
 
 # The campaign's key in `campaign_keys`.
 _KEY = "hashtextextended(CAST(:campaign_id AS text), 0)"
@@ -190,7 +192,7 @@ class MarketingSends:
         `organizations` remembers how far back, and how many, the table holds.
         """
         with self.engine.begin() as connection:
-            now = _database_now(connection)
+            now = database_now(connection)
             since = now - timedelta(seconds=cap.seconds)
             counted = connection.execute(
                 sa.select(
@@ -201,7 +203,7 @@ class MarketingSends:
             if (
                 counted is not None
                 and counted.marketing_counted_since is not None
-                and _utc(counted.marketing_counted_since) <= since
+                and as_utc(counted.marketing_counted_since) <= since
                 and (counted.marketing_counted_messages or 0) >= cap.messages
             ):
                 return
@@ -216,7 +218,7 @@ class MarketingSends:
                 )
             else:
                 on_sqlite.count_history(connection, organization_id, since)
-            _upsert_organization(
+            upsert_organization(
                 connection,
                 organization_id,
                 marketing_counted_since=since,
@@ -244,31 +246,3 @@ def _parameters(
     if cap is not None:
         parameters |= {"seconds": cap.seconds, "messages": cap.messages}
     return parameters
-
-
-def _upsert_organization(connection: sa.Connection, organization_id: str, **values: Any) -> None:
-    insert = (
-        postgresql.insert(organizations)
-        if connection.dialect.name == "postgresql"
-        else sqlite.insert(organizations)
-    )
-    connection.execute(
-        insert.values(organization_id=organization_id, **values).on_conflict_do_update(
-            index_elements=["organization_id"], set_=values
-        )
-    )
-
-
-def _database_now(connection: sa.Connection) -> datetime:
-    if connection.dialect.name == "postgresql":
-        return _utc(
-            connection.execute(
-                sa.select(sa.func.now(type_=sa.DateTime(timezone=True)))
-            ).scalar_one()
-        )
-    return datetime.now(UTC)
-
-
-def _utc(moment: datetime) -> datetime:
-    """A stored moment in UTC (SQLite hands it back without a zone)."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -1,9 +1,20 @@
 """Organizations' own settings: today the frequency cap (NULL: `CAMPAIGN_FREQUENCY_CAP`)."""
 
-import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from typing import Any
 
+import sqlalchemy as sa
+
+from campaign_pipeline.store.engine import insert_for
 from campaign_pipeline.store.schema import organizations
+
+
+def upsert_organization(connection: sa.Connection, organization_id: str, **values: Any) -> None:
+    """Set the organization's columns in `values`, adding its row if it has none."""
+    connection.execute(
+        insert_for(connection, organizations)
+        .values(organization_id=organization_id, **values)
+        .on_conflict_do_update(index_elements=["organization_id"], set_=values)
+    )
 
 
 class Organizations:
@@ -24,15 +35,4 @@ class Organizations:
     def set_frequency_cap(self, organization_id: str, cap: str | None) -> None:
         """Give the organization its own cap (checked by the caller), or None for the default."""
         with self.engine.begin() as connection:
-            insert = (
-                postgresql.insert(organizations)
-                if connection.dialect.name == "postgresql"
-                else sqlite.insert(organizations)
-            )
-            connection.execute(
-                insert.values(
-                    organization_id=organization_id, frequency_cap=cap
-                ).on_conflict_do_update(
-                    index_elements=["organization_id"], set_={"frequency_cap": cap}
-                )
-            )
+            upsert_organization(connection, organization_id, frequency_cap=cap)

@@ -8,20 +8,19 @@ window, not trimmed to N: SQLite serves one machine's sends, and its rows stay s
 
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import sqlite
 
-from campaign_pipeline.categories import CATEGORIES, DEFAULT_CATEGORY
+from campaign_pipeline.categories import NOT_MARKETING
+from campaign_pipeline.clock import as_utc
 from campaign_pipeline.frequency_caps import FrequencyCap
-from campaign_pipeline.store.engine import ROWS_PER_STATEMENT
+from campaign_pipeline.store.engine import ROWS_PER_STATEMENT, insert_for
 from campaign_pipeline.store.schema import campaign_audience, campaigns, marketing_sends
 
 # SQLite binds at most 32,766 parameters to a statement: numbers go in slices.
 NUMBERS_PER_STATEMENT = 10_000
-_NOT_MARKETING = tuple(category for category in CATEGORIES if category != DEFAULT_CATEGORY)
 Entries = list[tuple[float, str]]
 
 
@@ -84,14 +83,14 @@ def count_history(connection: sa.Connection, organization_id: str, since: dateti
         .join(campaigns, campaigns.c.id == audience.campaign_id)
         .where(
             campaigns.c.organization_id == organization_id,
-            sa.or_(campaigns.c.category.is_(None), campaigns.c.category.not_in(_NOT_MARKETING)),
+            sa.or_(campaigns.c.category.is_(None), campaigns.c.category.not_in(NOT_MARKETING)),
             audience.status == "ready_to_send",
-            audience.updated_at > since.astimezone(UTC).replace(tzinfo=None),
+            audience.updated_at > as_utc(since).replace(tzinfo=None),
             audience.phone_number.is_not(None),
         )
     )
     for number, updated_at, campaign_id in connection.execute(query):
-        history.setdefault(number, []).append((_epoch(updated_at), campaign_id))
+        history.setdefault(number, []).append((as_utc(updated_at).timestamp(), campaign_id))
     numbers = sorted(history)
     _add_missing(connection, organization_id, numbers)
     updates = []
@@ -101,11 +100,6 @@ def count_history(connection: sa.Connection, organization_id: str, since: dateti
         if new:
             updates.append(_update(number, sorted(entries + new)))
     _write(connection, organization_id, updates)
-
-
-def _epoch(moment: datetime) -> float:
-    """A stored moment (SQLite hands it back without a zone: UTC) as epoch seconds."""
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _slices(numbers: Sequence[str]) -> list[Sequence[str]]:
@@ -157,7 +151,7 @@ def _write(connection: sa.Connection, organization_id: str, updates: list[dict[s
 def _add_missing(connection: sa.Connection, organization_id: str, numbers: Sequence[str]) -> None:
     """Rows with no entries for numbers without one; being a write, it takes the write lock."""
     statement = (
-        sqlite.insert(marketing_sends)
+        insert_for(connection, marketing_sends)
         .values(
             organization_id=organization_id,
             phone_number=sa.bindparam("number"),

@@ -9,14 +9,15 @@ committed mid-send reaches the batches handed out after the next look.
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import polars as pl
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 
-from campaign_pipeline.store.engine import ROWS_PER_STATEMENT
+from campaign_pipeline.clock import as_utc
+from campaign_pipeline.store.engine import ROWS_PER_STATEMENT, database_now, insert_for
 from campaign_pipeline.store.schema import campaign_audience, suppressions
 
 SCOPES = ("marketing", "all")
@@ -24,7 +25,6 @@ SCOPES = ("marketing", "all")
 # transaction began, so one that took longer than this to commit may be missed mid-send (the
 # next chunk's check, and the next run, see it).
 COMMIT_OVERLAP = timedelta(seconds=60)
-_UTC_TIME = sa.DateTime(timezone=True)
 DEFAULT_SCOPE = "marketing"
 # SQLite binds at most 32,766 parameters to a statement: a chunk's numbers go in slices.
 SQLITE_NUMBERS_PER_STATEMENT = 10_000
@@ -104,11 +104,7 @@ class Suppressions:
                 for number in numbers
                 if number not in present
             ]
-            insert = (
-                postgresql.insert(suppressions)
-                if connection.dialect.name == "postgresql"
-                else sqlite.insert(suppressions)
-            )
+            insert = insert_for(connection, suppressions)
             # Another writer may have added one meanwhile: it is there either way.
             statement = insert.on_conflict_do_nothing(
                 index_elements=["organization_id", "phone_number"]
@@ -156,7 +152,7 @@ class Suppressions:
         with self.engine.connect() as connection:
             return [
                 Suppression(
-                    row.phone_number, row.scope, row.reason, row.source, _utc(row.created_at)
+                    row.phone_number, row.scope, row.reason, row.source, as_utc(row.created_at)
                 )
                 for row in connection.execute(query)
             ]
@@ -197,7 +193,7 @@ class Suppressions:
         """
         audience = campaign_audience.c
         with self.engine.connect() as connection:
-            now = _utc(connection.execute(sa.select(sa.func.now(type_=_UTC_TIME))).scalar_one())
+            now = database_now(connection)
             pending = (
                 sa.exists()
                 .where(
@@ -244,11 +240,6 @@ class Suppressions:
 _TEXT_ARRAY = postgresql.ARRAY(sa.Text)
 
 
-def _utc(moment: datetime) -> datetime:
-    """A stored moment in UTC (SQLite hands it back without a zone)."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
 def _slices(numbers: list[str]) -> list[list[str]]:
     return [
         numbers[start : start + SQLITE_NUMBERS_PER_STATEMENT]
@@ -258,7 +249,7 @@ def _slices(numbers: list[str]) -> list[list[str]]:
 
 def _match_frame(rows: Sequence[Any]) -> pl.DataFrame:
     return pl.DataFrame(
-        [(row.phone_number, row.scope, row.reason, _utc(row.created_at)) for row in rows],
+        [(row.phone_number, row.scope, row.reason, as_utc(row.created_at)) for row in rows],
         schema=MATCH_SCHEMA,
         orient="row",
     )

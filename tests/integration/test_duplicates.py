@@ -18,11 +18,10 @@ from campaign_pipeline.resources.sqs_queue import SqsQueue
 from campaign_pipeline.store.records import Outcomes
 from campaign_pipeline.store.schema import campaigns
 from tests.conftest import REGION
-from tests.integration.test_job import definitions_job
 from tests.support.campaigns import add_template_campaign
 from tests.support.invariant import check_campaign_invariant, drain_queue
+from tests.support.send_processes import run_in_send_processes
 
-ROOT = Path(__file__).resolve().parents[2]
 # Ids sort as they are numbered: r000 is the smallest.
 SAME_PERSON = (3, 17, 25, 38, 52, 59)  # one number, in every shard and chunk below
 PAIR = (40, 41)
@@ -86,20 +85,16 @@ def test_duplicates_across_shards_and_chunks_of_the_multiprocess_executor_are_se
     none of them."""
     campaign_id = add_duplicated_campaign(postgres_store)
     queue_url = make_queue(fifo=False)
-    monkeypatch.setenv("CAMPAIGN_DATABASE_URL", postgres_url)
-    monkeypatch.setenv("AWS_SQS_QUEUE_URL", queue_url)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", sqs_endpoint)
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    run_config = campaign_run_config(
-        campaign_id, processes=2, recipients_per_shard=30, recipients_per_chunk=10
-    )
-    # Spawned, not forked from the forkserver: a forkserver keeps the environment of the
-    # first run of this process, so the next test's run would send to this test's queue.
-    run_config["execution"]["config"]["multiprocess"]["start_method"] = {"spawn": {}}
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-        result = dg.execute_job(
-            dg.reconstructable(definitions_job), instance=instance, run_config=run_config
-        )
+    with run_in_send_processes(
+        monkeypatch,
+        tmp_path,
+        database_url=postgres_url,
+        queue_url=queue_url,
+        sqs_endpoint=sqs_endpoint,
+        campaign_id=campaign_id,
+        recipients_per_shard=30,
+        recipients_per_chunk=10,
+    ) as (result, instance):
         assert result.success
         shards = [
             entry

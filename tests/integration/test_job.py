@@ -23,6 +23,7 @@ from campaign_pipeline.store.schema import campaign_audience
 from tests.conftest import drain
 from tests.support.fault_proxy import INJECTED_REASON, FaultProxy
 from tests.support.payload_schema import payload_validator
+from tests.support.send_processes import run_in_send_processes
 
 ORGANIZATION_ID = "123e4567-e89b-12d3-a456-426614174000"
 CAMPAIGN_ID = "123e4567-e89b-12d3-a456-426614174001"
@@ -356,13 +357,6 @@ def test_unknown_message_type_marks_the_campaign_failed(
     assert {r.status for r in audience(sqlite_store, campaign_id).values()} == {"pending"}
 
 
-def definitions_job() -> dg.JobDefinition:
-    """The job as the code location defines it, resources from the environment."""
-    from campaign_pipeline.definitions import defs
-
-    return defs.get_job_def("process_campaign_messages")
-
-
 def test_shards_cover_every_recipient_once(
     postgres_store: CampaignStore, make_sqs_queue: Callable[..., SqsQueue], sqs_client: object
 ) -> None:
@@ -392,15 +386,15 @@ def test_shards_run_in_parallel_processes(
     """Under the multiprocess executor, with the code location's own resources, shards all land."""
     campaign_id = add_campaign(postgres_store, recipients=30)
     queue_url = make_queue(fifo=True)
-    monkeypatch.setenv("CAMPAIGN_DATABASE_URL", postgres_url)
-    monkeypatch.setenv("AWS_SQS_QUEUE_URL", queue_url)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", sqs_endpoint)
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
-    run_config = campaign_run_config(campaign_id, processes=2, recipients_per_shard=15)
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-        result = dg.execute_job(
-            dg.reconstructable(definitions_job), instance=instance, run_config=run_config
-        )
+    with run_in_send_processes(
+        monkeypatch,
+        tmp_path,
+        database_url=postgres_url,
+        queue_url=queue_url,
+        sqs_endpoint=sqs_endpoint,
+        campaign_id=campaign_id,
+        recipients_per_shard=15,
+    ) as (result, instance):
         assert result.success
         pids = {
             entry.dagster_event.pid

@@ -23,8 +23,9 @@ from campaign_pipeline.sending.lease import Lease
 from campaign_pipeline.sending.shard import BatchQueue, ShardSend
 from campaign_pipeline.sqs import SqsBatchQueue
 from tests.conftest import REGION, drain
-from tests.integration.test_job import definitions_job, failure_message
+from tests.integration.test_job import failure_message
 from tests.support.campaigns import add_recipients, add_template_campaign
+from tests.support.send_processes import run_in_send_processes
 
 LEASE_SECONDS = 60.0
 
@@ -240,18 +241,15 @@ def test_two_send_processes_together_stay_under_the_campaigns_cap(
     campaign_id = add_template_campaign(postgres_store, max_messages_per_second=80.0)
     add_recipients(postgres_store, campaign_id, 400)
     queue_url = make_queue(fifo=False)
-    monkeypatch.setenv("CAMPAIGN_DATABASE_URL", postgres_url)
-    monkeypatch.setenv("AWS_SQS_QUEUE_URL", queue_url)
-    monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", sqs_endpoint)
-    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[2]))
-    run_config = campaign_run_config(campaign_id, processes=2, recipients_per_shard=200)
-    # Spawned, not forked from a fork server: the server outlives the test with this test's
-    # environment (its queue), which the next multiprocess test's steps would inherit.
-    run_config["execution"]["config"]["multiprocess"]["start_method"] = {"spawn": {}}
-    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
-        result = dg.execute_job(
-            dg.reconstructable(definitions_job), instance=instance, run_config=run_config
-        )
+    with run_in_send_processes(
+        monkeypatch,
+        tmp_path,
+        database_url=postgres_url,
+        queue_url=queue_url,
+        sqs_endpoint=sqs_endpoint,
+        campaign_id=campaign_id,
+        recipients_per_shard=200,
+    ) as (result, instance):
         assert result.success
         starts = instance.all_logs(result.run_id, of_type=dg.DagsterEventType.STEP_START)
         pids = {e.dagster_event.pid for e in starts if e.step_key.startswith("send_campaign")}

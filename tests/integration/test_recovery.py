@@ -31,6 +31,7 @@ from campaign_pipeline.store.records import Outcomes
 from campaign_pipeline.store.schema import campaign_audience
 from tests.conftest import REGION, drain, free_port
 from tests.support.fault_proxy import FaultProxy
+from tests.support.send_processes import definitions_job
 
 ORGANIZATION_ID = "123e4567-e89b-12d3-a456-426614174000"
 
@@ -132,13 +133,6 @@ def audience_ids(store: CampaignStore, campaign_id: str) -> list[str]:
                 )
             ).scalars()
         )
-
-
-def definitions_job() -> dg.JobDefinition:
-    """The job as the code location defines it, resources from the environment."""
-    from campaign_pipeline.definitions import defs
-
-    return defs.get_job_def("process_campaign_messages")
 
 
 def counts_per_recipient(sqs_client: object, queue_url: str) -> Counter[str]:
